@@ -1,0 +1,57 @@
+"""PostgreSQL for a service: its own database, reached through its own role.
+
+`Database` is a server resource: on start it applies the service's migrations (plain SQL
+files in `services/<name>/migrations`, applied by yoyo under its lock table, so several
+replicas starting at once migrate once) and opens a psycopg 3 connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from yoyo import get_backend, read_migrations
+
+log = logging.getLogger("interpay.db")
+
+
+def migrate(database_url: str, migrations_dir: Path) -> int:
+    """Applies pending migrations; returns how many were applied."""
+    backend = get_backend(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    migrations = read_migrations(str(migrations_dir))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return len(pending)
+
+
+class Database:
+    def __init__(self, url: str, migrations_dir: Path | None, max_size: int = 10) -> None:
+        self.url = url
+        self.migrations_dir = migrations_dir
+        self.pool = AsyncConnectionPool(
+            url, min_size=1, max_size=max_size, open=False,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+        )
+
+    async def start(self) -> None:
+        if self.migrations_dir is not None:
+            applied = await asyncio.to_thread(migrate, self.url, self.migrations_dir)
+            log.info("migrations applied", extra={"count": applied})
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        async with self.pool.connection() as conn:
+            yield conn  # the pool commits on clean exit and rolls back on an exception

@@ -1,0 +1,147 @@
+"""Server interceptors every service runs, outermost first:
+
+1. `RpcInterceptor`: one JSON log line per RPC (method, status, duration, trace id)
+   and the error mapping: a `ServiceError` becomes its status with google.rpc details;
+   a business error from a peer passes through unchanged; a peer that cannot be reached
+   becomes UNAVAILABLE; anything unexpected becomes INTERNAL with only a trace id, its
+   traceback going to the log and never to the caller.
+2. `ValidationInterceptor`: the protovalidate rules declared in the contract, checked on
+   every request before any handler runs; violations are INVALID_ARGUMENT with a
+   BadRequest naming each field.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import protovalidate
+from grpc_status import rpc_status
+
+from services.framework import errors
+from services.framework.logs import current_trace_id
+
+log = logging.getLogger("interpay.rpc")
+
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# Codes a peer returns for a business refusal; they reach our caller unchanged.
+_PASS_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
+}
+
+
+def _wrap_unary(handler: grpc.RpcMethodHandler | None,
+                wrap: Callable[[Behaviour], Behaviour]) -> grpc.RpcMethodHandler | None:
+    if handler is None or handler.unary_unary is None:
+        return handler  # streaming handlers (reflection) pass untouched
+    return grpc.unary_unary_rpc_method_handler(
+        wrap(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def abort(context: grpc.aio.ServicerContext, status: Any) -> None:
+    s = rpc_status.to_status(status)
+    await context.abort(s.code, s.details, s.trailing_metadata)
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+
+        def wrap(inner: Behaviour) -> Behaviour:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    return await inner(request, context)
+                except errors.ServiceError as exc:
+                    code = exc.code
+                    await abort(context, exc.to_status(self.domain))
+                except grpc.aio.AioRpcError as exc:  # a peer call failed
+                    code = await self._peer_failure(context, method, exc)
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                    raise
+                except Exception:
+                    code = grpc.StatusCode.INTERNAL
+                    trace_id = current_trace_id()
+                    log.exception("unhandled error", extra={"rpc": method})
+                    await abort(context, errors.build_status(
+                        code, f"internal error; quote trace id {trace_id} to support", [
+                            errors.error_details_pb2.ErrorInfo(
+                                reason="INTERNAL", domain=self.domain,
+                                metadata={"trace_id": trace_id}),
+                        ]))
+                finally:
+                    if method.startswith("/interpay."):
+                        log.info("rpc", extra={
+                            "rpc": method, "code": code.name,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        })
+                return None  # unreachable: abort raises
+
+            return behaviour
+
+        return _wrap_unary(handler, wrap)
+
+    async def _peer_failure(self, context: grpc.aio.ServicerContext, method: str,
+                            exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
+        code = exc.code()
+        if code in _PASS_THROUGH:
+            status = rpc_status.from_call(exc)
+            if status is None:
+                status = errors.build_status(code, exc.details() or code.name, [])
+            await abort(context, status)
+        log.warning("peer call failed", extra={"rpc": method, "peer_code": code.name,
+                                               "peer_details": exc.details()})
+        await abort(context, errors.Unavailable(
+            "a service this request depends on is unavailable; retry later",
+            metadata={"peer_code": code.name},
+        ).to_status(self.domain))
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def _field_path(violation: Any) -> str:
+    parts = []
+    for element in violation.proto.field.elements:
+        part = element.field_name
+        if element.HasField("index"):
+            part += f"[{element.index}]"
+        elif element.HasField("string_key"):
+            part += f"[{element.string_key!r}]"
+        parts.append(part)
+    return ".".join(parts)
+
+
+class ValidationInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+
+        def wrap(inner: Behaviour) -> Behaviour:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                violations = protovalidate.collect_violations(request)
+                if violations:
+                    field_violations = [
+                        errors.FieldViolation(_field_path(v), v.proto.message) for v in violations
+                    ]
+                    summary = "; ".join(
+                        f"{fv.field or 'request'}: {fv.description}" for fv in field_violations)
+                    raise errors.InvalidArgument(f"invalid request: {summary}",
+                                                 field_violations=field_violations)
+                return await inner(request, context)
+
+            return behaviour
+
+        return _wrap_unary(handler, wrap)

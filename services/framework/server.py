@@ -1,0 +1,161 @@
+"""The asyncio gRPC server every service runs.
+
+`run(service, build)` is a service's whole `main`: it reads the configuration, lets the
+service's composition root build its servicer and resources, serves the contract with
+health and reflection, and on SIGTERM/SIGINT reports NOT_SERVING, drains in-flight RPCs
+for the grace period and closes its resources.
+
+The handlers are built from the contract's service descriptor, not from the generated
+`add_*Servicer_to_server`, so that an RPC the service has not implemented yet answers
+UNIMPLEMENTED with a clear message and ErrorInfo, and a servicer method whose name is
+not in the contract is a start-up error rather than a silently dead endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from services.framework import errors, logs, tracing
+from services.framework.config import ServiceConfig
+from services.framework.db import Database
+from services.framework.interceptors import RpcInterceptor, ValidationInterceptor
+
+log = logging.getLogger("interpay.server")
+
+
+class Resource(Protocol):
+    """Something a service opens before serving and closes after draining."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _unimplemented(full_method: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def behaviour(request: Any, context: Any) -> Any:
+        raise errors.Unimplemented(
+            f"{full_method} is declared in the contract but not implemented yet",
+            metadata={"method": full_method},
+        )
+
+    return behaviour
+
+
+def contract_handler(grpc_service: str, proto_module: str, servicer: object) -> grpc.GenericRpcHandler:
+    importlib.import_module(proto_module)  # registers the descriptors
+    service = descriptor_pool.Default().FindServiceByName(grpc_service)
+    rpc_names = {m.name for m in service.methods}
+    unknown = {
+        name for name in dir(servicer)
+        if name[:1].isupper() and callable(getattr(servicer, name)) and name not in rpc_names
+    }
+    if unknown:
+        raise RuntimeError(f"{type(servicer).__name__} defines {sorted(unknown)}, "
+                           f"which {grpc_service} does not declare")
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name, None) or _unimplemented(
+            f"{grpc_service}/{method.name}")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=request_cls.FromString,
+            response_serializer=response_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(grpc_service, handlers)
+
+
+class ServiceApp:
+    def __init__(self, config: ServiceConfig, servicer: object, resources: Sequence[Resource]):
+        self.config = config
+        self.servicer = servicer
+        self.resources = list(resources)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        for resource in self.resources:
+            await resource.start()
+        spec = self.config.spec
+        server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(),
+                RpcInterceptor(domain=f"{spec.name}.interpay.dev"),
+                ValidationInterceptor(),
+            ],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        server.add_generic_rpc_handlers(
+            (contract_handler(spec.grpc_service, spec.proto_module, self.servicer),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (spec.grpc_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        server.add_insecure_port(self.config.listen_address)
+        await server.start()
+        self.server = server
+        for name in ("", spec.grpc_service):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"address": self.config.listen_address})
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            # New RPCs are refused at once; in-flight ones get the grace period to finish.
+            await self.server.stop(self.config.shutdown_grace_seconds)
+        for resource in reversed(self.resources):
+            await resource.close()
+        log.info("stopped")
+
+
+Build = Callable[[ServiceConfig], Awaitable[tuple[object, Sequence[Resource]]]]
+
+
+def run(service: str, build: Build) -> None:
+    logs.configure(service)
+    tracing.configure(service)
+
+    async def main() -> None:
+        config = ServiceConfig.from_env(service)
+        servicer, resources = await build(config)
+        app = ServiceApp(config, servicer, resources)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await app.start()
+        await stopping.wait()
+        log.info("draining")
+        await app.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.shutdown()
+
+
+def run_contract_only(service: str, migrations: Path | None = None) -> None:
+    """Serves a contract whose behaviour has not shipped yet: every RPC answers
+    UNIMPLEMENTED with a clear message, while the process already owns its database,
+    health, reflection and place in the mesh."""
+
+    class ContractOnly:
+        pass
+
+    async def build(config: ServiceConfig) -> tuple[object, Sequence[Resource]]:
+        return ContractOnly(), [Database(config.database_url, migrations, config.db_pool_max)]
+
+    run(service, build)

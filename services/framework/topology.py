@@ -1,0 +1,130 @@
+"""The mesh's shape, declared once: services, ports, and who may call what.
+
+The local mesh generator (scripts/mesh.py), the Envoy config, the tests and the
+Kubernetes/Istio manifests all read this module, so a port or an allowlist entry is
+never written twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GATEWAY = "gateway"  # the Envoy edge: the only caller of public RPCs from outside
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the mesh."""
+
+    name: str
+    index: int  # the service's port is the profile's first_service_port + index
+    grpc_service: str  # the full name of the gRPC service it serves
+    proto_module: str  # the generated module declaring it
+    peers: tuple[str, ...] = ()  # services it calls
+    # Internal RPC name -> the peer identities allowed to call it. Public RPCs (those
+    # with an HTTP rule) are open to the gateway and to every peer; enforcement with
+    # mTLS identities arrives with the security issue, the declaration is here now.
+    internal_callers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def database(self) -> str:
+        return f"interpay_{self.name}"
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        "users", 0, "interpay.users.v1.UserService", "interpay.users.v1.users_service_pb2",
+        internal_callers={"GetUserRiskProfile": ("fraud", "orchestrator")},
+    ),
+    ServiceSpec(
+        "wallet", 1, "interpay.wallet.v1.WalletService",
+        "interpay.wallet.v1.wallet_service_pb2",
+        internal_callers={
+            rpc: ("orchestrator", "transfers")
+            for rpc in (
+                "TransferFunds", "PlaceHold", "CaptureHold", "ReleaseHold", "GetHold",
+                "GetSystemWallet",
+            )
+        },
+    ),
+    ServiceSpec(
+        "payments", 2, "interpay.payments.v1.PaymentService",
+        "interpay.payments.v1.payments_service_pb2",
+        peers=("orchestrator", "vault", "merchants"),
+        internal_callers={
+            "RecordPaymentTransition": ("orchestrator",),
+            "RecordRefundOutcome": ("orchestrator",),
+        },
+    ),
+    ServiceSpec(
+        "transfers", 3, "interpay.transfers.v1.TransfersService",
+        "interpay.transfers.v1.transfers_service_pb2",
+        peers=("wallet", "orchestrator"),
+        internal_callers={
+            "RecordPayoutOutcome": ("orchestrator",),
+            "RecordTransferOutcome": ("orchestrator",),
+        },
+    ),
+    ServiceSpec(
+        "merchants", 4, "interpay.merchants.v1.MerchantsService",
+        "interpay.merchants.v1.merchants_service_pb2",
+        peers=("wallet", "transfers"),
+        internal_callers={
+            "AuthenticateApiKey": (GATEWAY, "payments"),
+            "GetMerchantForPayment": ("payments", "orchestrator"),
+        },
+    ),
+    ServiceSpec(
+        "fraud", 5, "interpay.fraud.v1.FraudService", "interpay.fraud.v1.fraud_service_pb2",
+        peers=("users",),
+        internal_callers={"CheckTransaction": ("orchestrator",)},
+    ),
+    ServiceSpec(
+        "vault", 6, "interpay.vault.v1.VaultService", "interpay.vault.v1.vault_service_pb2",
+        internal_callers={
+            "DetokenizeCard": ("payments",),  # the processor adapter lives in payments
+            "RotateDataKey": (),
+            "GetKeyStatus": (),
+        },
+    ),
+    ServiceSpec(
+        "orchestrator", 7, "interpay.orchestrator.v1.OrchestratorService",
+        "interpay.orchestrator.v1.orchestrator_service_pb2",
+        peers=("payments", "wallet", "fraud", "vault", "transfers", "merchants"),
+        internal_callers={
+            rpc: ("payments", "transfers", "merchants")
+            for rpc in (
+                "StartPaymentSaga", "StartCaptureSaga", "StartCancelSaga", "StartRefundSaga",
+                "StartTransferSaga", "StartPayoutSaga",
+            )
+        },
+    ),
+    ServiceSpec(
+        "notifications", 8, "interpay.notifications.v1.NotificationsService",
+        "interpay.notifications.v1.notifications_service_pb2",
+    ),
+)
+
+BY_NAME = {spec.name: spec for spec in SERVICES}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The loopback ports of one local mesh; `dev` for make up/demo, `test` for make test."""
+
+    name: str
+    gateway_port: int
+    envoy_admin_port: int
+    postgres_port: int
+    redis_port: int
+    first_service_port: int
+    supervisor_port: int
+
+    def service_port(self, name: str) -> int:
+        return self.first_service_port + BY_NAME[name].index
+
+
+PROFILES = {
+    "dev": Profile("dev", 8080, 9901, 55432, 56379, 50051, 9001),
+    "test": Profile("test", 18080, 19901, 55532, 56479, 51051, 19001),
+}

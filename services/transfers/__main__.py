@@ -1,0 +1,3 @@
+from services.transfers.bootstrap import main
+
+main()

@@ -1,0 +1,3 @@
+from services.users.bootstrap import main
+
+main()

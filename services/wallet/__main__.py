@@ -1,0 +1,3 @@
+from services.wallet.bootstrap import main
+
+main()
