@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import protovalidate
+from buf.validate import validate_pb2
 from grpc_status import rpc_status
 
 from services.framework import errors
@@ -113,9 +114,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return grpc.StatusCode.UNAVAILABLE
 
 
-def _field_path(violation: Any) -> str:
+def _field_path(violation: validate_pb2.Violation) -> str:
     parts = []
-    for element in violation.proto.field.elements:
+    for element in violation.field.elements:
         part = element.field_name
         if element.HasField("index"):
             part += f"[{element.index}]"
@@ -133,8 +134,12 @@ class ValidationInterceptor(grpc.aio.ServerInterceptor):
             async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 violations = protovalidate.collect_violations(request)
                 if violations:
+                    # protovalidate hands back its own runtime's messages; read them through
+                    # our generated copy of the same schema.
+                    parsed = [validate_pb2.Violation.FromString(v.proto.to_binary())
+                              for v in violations]
                     field_violations = [
-                        errors.FieldViolation(_field_path(v), v.proto.message) for v in violations
+                        errors.FieldViolation(_field_path(v), v.message) for v in parsed
                     ]
                     summary = "; ".join(
                         f"{fv.field or 'request'}: {fv.description}" for fv in field_violations)
