@@ -5,15 +5,16 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root/gen}"
+third_party="${2:-$root/third_party/proto}"
 py="$root/.venv/bin/python"
 
-"$py" "$root/scripts/proto_third_party.py"
+"$py" "$root/scripts/proto_third_party.py" "$third_party"
 rm -rf "$out/python" "$out/descriptors.binpb"
 mkdir -p "$out/python"
 
 mapfile -t ours < <(cd "$root/proto" && find interpay -name '*.proto' | sort)
 "$py" -m grpc_tools.protoc \
-  -I "$root/proto" -I "$root/third_party/proto" \
+  -I "$root/proto" -I "$third_party" \
   --python_out="$out/python" --grpc_python_out="$out/python" \
   --mypy_out="$out/python" --mypy_grpc_out="$out/python" \
   --plugin=protoc-gen-mypy="$root/.venv/bin/protoc-gen-mypy" \
@@ -23,7 +24,7 @@ mapfile -t ours < <(cd "$root/proto" && find interpay -name '*.proto' | sort)
 # Envoy needs every file a service imports, and the google.rpc detail types so
 # it can render error details as JSON.
 "$py" -m grpc_tools.protoc \
-  -I "$root/proto" -I "$root/third_party/proto" \
+  -I "$root/proto" -I "$third_party" \
   --include_imports --descriptor_set_out="$out/descriptors.binpb" \
   "${ours[@]}" google/rpc/error_details.proto google/rpc/status.proto
 

@@ -6,7 +6,8 @@
   evaluates. Only the schema is printed (messages, fields, enums, extensions); the rule
   options inside it live in the runtime's own copy and are not needed to compile ours.
 
-Run by `make proto`; the output under third_party/proto is committed.
+Run by `make proto`; the output under third_party/proto is committed. An argument
+writes it elsewhere instead (the stale-gen test compares the two).
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def validate_proto() -> str:
 
 
 def main() -> None:
+    global OUT
+    if len(sys.argv) > 1:
+        OUT = Path(sys.argv[1])
     from google.api import annotations_pb2  # googleapis-common-protos ships the sources too
 
     shutil.rmtree(OUT, ignore_errors=True)

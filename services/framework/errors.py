@@ -74,7 +74,7 @@ class FailedPrecondition(ServiceError):
 
 class Aborted(ServiceError):
     code = grpc.StatusCode.ABORTED
-    default_reason = "CONCURRENT_MODIFICATION"
+    default_reason = "VERSION_CONFLICT"
 
 
 class Unauthenticated(ServiceError):

@@ -56,6 +56,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An optimistic-locking update named a stale `version`; the status is ABORTED
     and the metadata carries the current version. Re-read and retry.
     """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 15
+    """The caller is authenticated but may not perform this call."""
+    ERROR_REASON_WALLET_NOT_FOUND: _ErrorReason.ValueType  # 16
+    """The named wallet does not exist."""
+    ERROR_REASON_WALLET_ALREADY_EXISTS: _ErrorReason.ValueType  # 17
+    """The owner already has a wallet in that currency."""
+    ERROR_REASON_USER_NOT_FOUND: _ErrorReason.ValueType  # 18
+    """The named user does not exist."""
+    ERROR_REASON_EMAIL_TAKEN: _ErrorReason.ValueType  # 19
+    """The email is already registered to another user (compared case-insensitively)."""
+    ERROR_REASON_PHONE_TAKEN: _ErrorReason.ValueType  # 20
+    """The phone number is already registered to another user."""
+    ERROR_REASON_TRANSFER_NOT_FOUND: _ErrorReason.ValueType  # 21
+    """The named transfer does not exist."""
+    ERROR_REASON_TRANSFER_FAILED: _ErrorReason.ValueType  # 22
+    """The transfer failed earlier for a reason that was not recorded in detail."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons InterPay puts in the
@@ -99,4 +115,20 @@ ERROR_REASON_VERSION_CONFLICT: ErrorReason.ValueType  # 14
 """An optimistic-locking update named a stale `version`; the status is ABORTED
 and the metadata carries the current version. Re-read and retry.
 """
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 15
+"""The caller is authenticated but may not perform this call."""
+ERROR_REASON_WALLET_NOT_FOUND: ErrorReason.ValueType  # 16
+"""The named wallet does not exist."""
+ERROR_REASON_WALLET_ALREADY_EXISTS: ErrorReason.ValueType  # 17
+"""The owner already has a wallet in that currency."""
+ERROR_REASON_USER_NOT_FOUND: ErrorReason.ValueType  # 18
+"""The named user does not exist."""
+ERROR_REASON_EMAIL_TAKEN: ErrorReason.ValueType  # 19
+"""The email is already registered to another user (compared case-insensitively)."""
+ERROR_REASON_PHONE_TAKEN: ErrorReason.ValueType  # 20
+"""The phone number is already registered to another user."""
+ERROR_REASON_TRANSFER_NOT_FOUND: ErrorReason.ValueType  # 21
+"""The named transfer does not exist."""
+ERROR_REASON_TRANSFER_FAILED: ErrorReason.ValueType  # 22
+"""The transfer failed earlier for a reason that was not recorded in detail."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

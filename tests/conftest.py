@@ -1,0 +1,59 @@
+"""Shared fixtures: where the test mesh is (profile `test`, started by scripts/test.sh),
+channels and stubs to its services, an HTTP client for its Envoy gateway, and ids that
+never collide between tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from services.framework.topology import PROFILES, Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def profile() -> Profile:
+    return PROFILES[os.environ.get("INTERPAY_PROFILE", "test")]
+
+
+@pytest.fixture(scope="session")
+def mesh_secrets(profile: Profile) -> dict[str, str]:
+    return json.loads((ROOT / ".data" / profile.name / "secrets.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def channel(profile: Profile) -> Iterator[object]:
+    channels: dict[str, grpc.Channel] = {}
+
+    def get(service: str) -> grpc.Channel:
+        if service not in channels:
+            channels[service] = grpc.insecure_channel(f"127.0.0.1:{profile.service_port(service)}")
+        return channels[service]
+
+    yield get
+    for ch in channels.values():
+        ch.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(profile: Profile) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{profile.gateway_port}", timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def new_id() -> object:
+    return lambda: str(uuid.uuid4())
+
+
+def database_url(profile: Profile, secrets: dict[str, str], service: str) -> str:
+    return (f"postgresql://interpay_{service}:{secrets[service]}@127.0.0.1:"
+            f"{profile.postgres_port}/interpay_{service}")
