@@ -78,6 +78,27 @@ def contract_handler(grpc_service: str, proto_module: str, servicer: object) -> 
     return grpc.method_handlers_generic_handler(grpc_service, handlers)
 
 
+class _ReflectionPool:
+    """The default descriptor pool, plus what grpcurl asks for and it cannot answer: the
+    file containing a method (`grpcurl describe pkg.Service.Method`)."""
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 - the pool's API
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service, _, method = symbol.rpartition(".")
+            found = self._pool.FindServiceByName(service)  # KeyError again if not a method
+            if method not in found.methods_by_name:
+                raise
+            return found.file
+
+
 class ServiceApp:
     def __init__(self, config: ServiceConfig, servicer: object, resources: Sequence[Resource]):
         self.config = config
@@ -103,7 +124,7 @@ class ServiceApp:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (spec.grpc_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+             reflection.SERVICE_NAME), server, pool=_ReflectionPool())
         server.add_insecure_port(self.config.listen_address)
         await server.start()
         self.server = server

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, errors
 
 from services.wallet.domain.model import (
     OwnerType,
     TransactionKind,
     TransferOrder,
     Wallet,
+    WalletNotFound,
     WalletState,
 )
 
@@ -76,13 +76,18 @@ class LedgerRepository:
 
         A concurrent claim of the same reference waits here on the unique index until the
         first commits (then sees it taken) or rolls back (then takes it)."""
-        cur = await self.conn.execute(
-            "INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, amount, "
-            "source_wallet_id, destination_wallet_id, description) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING "
-            "RETURNING transaction_id",
-            (transaction_id, order.reference, order.kind.value, order.currency, order.amount,
-             order.source_wallet_id, order.destination_wallet_id, order.description))
+        try:
+            cur = await self.conn.execute(
+                "INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, "
+                "amount, source_wallet_id, destination_wallet_id, description) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING "
+                "RETURNING transaction_id",
+                (transaction_id, order.reference, order.kind.value, order.currency, order.amount,
+                 order.source_wallet_id, order.destination_wallet_id, order.description))
+        except errors.ForeignKeyViolation as exc:
+            source = "source" in (exc.diag.constraint_name or "")
+            raise WalletNotFound(order.source_wallet_id if source
+                                 else order.destination_wallet_id) from exc
         return await cur.fetchone() is not None
 
     async def recorded_transfer(self, reference: str) -> tuple[uuid.UUID, TransferOrder] | None:
