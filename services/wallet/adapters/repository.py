@@ -65,10 +65,14 @@ class LedgerRepository:
 
     async def lock_wallets(self, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, Wallet]:
         """Row-locks the wallets in wallet_id order: every writer takes its locks in the same
-        global order, so two transfers can wait on each other but never deadlock."""
+        global order, so two transfers can wait on each other but never deadlock.
+
+        NO KEY UPDATE (what an UPDATE of non-key columns takes anyway), not FOR UPDATE:
+        the foreign keys of ledger rows take KEY SHARE on the wallets they name, and
+        FOR UPDATE would conflict with those and deadlock two transfers into one wallet."""
         cur = await self.conn.execute(
             f"SELECT {_WALLET_COLUMNS} FROM wallets WHERE wallet_id = ANY(%s) "
-            f"ORDER BY wallet_id FOR UPDATE", (sorted(wallet_ids),))
+            f"ORDER BY wallet_id FOR NO KEY UPDATE", (sorted(wallet_ids),))
         return {row["wallet_id"]: _wallet(row) for row in await cur.fetchall()}
 
     async def claim_reference(self, transaction_id: uuid.UUID, order: TransferOrder) -> bool:

@@ -81,18 +81,20 @@ class Ledger:
     async def transfer(self, order: TransferOrder) -> TransferResult:
         """One balanced ledger transaction, idempotent on the order's reference.
 
-        Locks: the reference's unique-index entry first, then the two wallet rows in
-        wallet_id order. A hot destination wallet serialises only its own row update
-        and entry insert; nothing is retried, so contention costs waiting, never errors."""
+        Locks: the two wallet rows in wallet_id order, then the reference's unique-index
+        entry (a concurrent request with the same reference waits for the wallets, then
+        finds the reference taken and replays). A hot destination wallet serialises only
+        its own row update and entry insert; nothing is retried, so contention costs
+        waiting, never errors."""
         async with self.db.transaction() as conn:
             repo = LedgerRepository(conn)
-            transaction_id = uuid.uuid4()
-            if not await repo.claim_reference(transaction_id, order):
-                return await self._replay(repo, order)
             wallets = await repo.lock_wallets([order.source_wallet_id, order.destination_wallet_id])
             for wallet_id in (order.source_wallet_id, order.destination_wallet_id):
                 if wallet_id not in wallets:
                     raise WalletNotFound(wallet_id)
+            transaction_id = uuid.uuid4()
+            if not await repo.claim_reference(transaction_id, order):
+                return await self._replay(repo, order)
             source = wallets[order.source_wallet_id]
             destination = wallets[order.destination_wallet_id]
             check_transfer(order, source, destination)
