@@ -28,10 +28,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 import grpc  # noqa: E402
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 from google.api import annotations_pb2  # noqa: E402
 from google.protobuf import descriptor_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from psycopg import sql  # noqa: E402
 
 from services.framework.topology import PROFILES, SERVICES, Profile  # noqa: E402
 
@@ -61,8 +61,9 @@ class Mesh:
 
     def database_url(self, service: str) -> str:
         pw = self.secrets()[service]
-        return (f"postgresql://interpay_{service}:{pw}@127.0.0.1:{self.profile.postgres_port}"
-                f"/interpay_{service}")
+        return (
+            f"postgresql://interpay_{service}:{pw}@127.0.0.1:{self.profile.postgres_port}/interpay_{service}"
+        )
 
     def jwt_key(self) -> Path:
         key = self.data / "jwt-signing-key.pem"
@@ -71,8 +72,8 @@ class Mesh:
             from cryptography.hazmat.primitives.asymmetric import ec
 
             pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption())
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             key.write_bytes(pem)
             key.chmod(0o600)
         return key
@@ -88,23 +89,42 @@ class Mesh:
         shutil.chown(self.pg_data, "postgres")
         self.pg_data.chmod(0o700)
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(self.pg_data),
-             "-U", "postgres", f"--pwfile={pwfile}", "--auth-local=peer",
-             "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
-            check=True, stdout=subprocess.DEVNULL)
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.pg_data),
+                "-U",
+                "postgres",
+                f"--pwfile={pwfile}",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         pwfile.unlink()
         with (self.pg_data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# InterPay local mesh\n"
                 "max_connections = 300\nshared_buffers = 512MB\n"
                 "synchronous_commit = on\nfsync = on\n"
-                "log_min_duration_statement = 1000\n")
+                "log_min_duration_statement = 1000\n"
+            )
 
     def provision_databases(self) -> None:
         """One database and one login role per service; a role can reach only its own."""
         pw = self.secrets()
-        admin = (f"host=127.0.0.1 port={self.profile.postgres_port} user=postgres "
-                 f"password={pw['postgres']} dbname=postgres")
+        admin = (
+            f"host=127.0.0.1 port={self.profile.postgres_port} user=postgres "
+            f"password={pw['postgres']} dbname=postgres"
+        )
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
             for spec in SERVICES:
@@ -112,14 +132,17 @@ class Mesh:
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
                 verb = "ALTER" if exists else "CREATE"
                 conn.execute(
-                    sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
-                    .format(sql.SQL(verb), sql.Identifier(role),
-                            sql.Literal(pw[spec.name])))
+                    sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                        sql.SQL(verb), sql.Identifier(role), sql.Literal(pw[spec.name])
+                    )
+                )
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
-                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(db), sql.Identifier(role)))
-                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
-                    sql.Identifier(db)))
+                    conn.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(db), sql.Identifier(role)
+                        )
+                    )
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
 
     # -- configs -------------------------------------------------------------------------
     def service_env(self, name: str) -> dict[str, str]:
@@ -139,16 +162,33 @@ class Mesh:
         return env
 
     def supervisord_conf(self) -> str:
-        def program(name: str, command: str, *, autostart: bool, env: dict[str, str] | None = None,
-                    user: str | None = None, stopsignal: str = "TERM", priority: int = 100) -> str:
+        def program(
+            name: str,
+            command: str,
+            *,
+            autostart: bool,
+            env: dict[str, str] | None = None,
+            user: str | None = None,
+            stopsignal: str = "TERM",
+            priority: int = 100,
+        ) -> str:
             lines = [
-                f"[program:{name}]", f"command={command}", f"directory={ROOT}",
-                f"autostart={'true' if autostart else 'false'}", "autorestart=true",
-                "startsecs=1", "startretries=10", f"stopsignal={stopsignal}",
-                "stopwaitsecs=20", "stopasgroup=true", "killasgroup=true",
-                f"priority={priority}", "redirect_stderr=true",
+                f"[program:{name}]",
+                f"command={command}",
+                f"directory={ROOT}",
+                f"autostart={'true' if autostart else 'false'}",
+                "autorestart=true",
+                "startsecs=1",
+                "startretries=10",
+                f"stopsignal={stopsignal}",
+                "stopwaitsecs=20",
+                "stopasgroup=true",
+                "killasgroup=true",
+                f"priority={priority}",
+                "redirect_stderr=true",
                 f"stdout_logfile={self.logs / (name + '.log')}",
-                "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
+                "stdout_logfile_maxbytes=20MB",
+                "stdout_logfile_backups=2",
             ]
             if user:
                 lines.append(f"user={user}")
@@ -159,29 +199,59 @@ class Mesh:
 
         p = self.profile
         parts = [
-            "[unix_http_server]", f"file={self.sock}", "chmod=0700", "",
-            "[supervisord]", f"logfile={self.logs / 'supervisord.log'}",
-            f"pidfile={self.run_dir / 'supervisord.pid'}", f"childlogdir={self.logs}",
-            "nodaemon=false", "minfds=4096", "",
+            "[unix_http_server]",
+            f"file={self.sock}",
+            "chmod=0700",
+            "",
+            "[supervisord]",
+            f"logfile={self.logs / 'supervisord.log'}",
+            f"pidfile={self.run_dir / 'supervisord.pid'}",
+            f"childlogdir={self.logs}",
+            "nodaemon=false",
+            "minfds=4096",
+            "",
             "[rpcinterface:supervisor]",
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-            "[supervisorctl]", f"serverurl=unix://{self.sock}", "",
-            program("postgres",
-                    f"{PG_BIN / 'postgres'} -D {self.pg_data} -c listen_addresses=127.0.0.1 "
-                    f"-c port={p.postgres_port} -c unix_socket_directories={self.pg_sock_dir()}",
-                    autostart=True, user="postgres", stopsignal="INT", priority=10),
-            program("redis",
-                    f"/usr/bin/redis-server --bind 127.0.0.1 --port {p.redis_port} "
-                    f"--save '' --appendonly no --protected-mode yes",
-                    autostart=True, priority=10),
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "",
+            "[supervisorctl]",
+            f"serverurl=unix://{self.sock}",
+            "",
+            program(
+                "postgres",
+                f"{PG_BIN / 'postgres'} -D {self.pg_data} -c listen_addresses=127.0.0.1 "
+                f"-c port={p.postgres_port} -c unix_socket_directories={self.pg_sock_dir()}",
+                autostart=True,
+                user="postgres",
+                stopsignal="INT",
+                priority=10,
+            ),
+            program(
+                "redis",
+                f"/usr/bin/redis-server --bind 127.0.0.1 --port {p.redis_port} "
+                f"--save '' --appendonly no --protected-mode yes",
+                autostart=True,
+                priority=10,
+            ),
         ]
         for spec in SERVICES:
-            parts.append(program(spec.name, f"{VENV_BIN / 'python'} -m services.{spec.name}",
-                                 autostart=False, env=self.service_env(spec.name), priority=50))
-        parts.append(program(
-            "envoy", f"{VENV_BIN / 'envoy'} -c {self.data / 'envoy.yaml'} --base-id "
-                     f"{p.envoy_admin_port} --log-level warn",
-            autostart=False, priority=90))
+            parts.append(
+                program(
+                    spec.name,
+                    f"{VENV_BIN / 'python'} -m services.{spec.name}",
+                    autostart=False,
+                    env=self.service_env(spec.name),
+                    priority=50,
+                )
+            )
+        parts.append(
+            program(
+                "envoy",
+                f"{VENV_BIN / 'envoy'} -c {self.data / 'envoy.yaml'} --base-id "
+                f"{p.envoy_admin_port} --log-level warn",
+                autostart=False,
+                priority=90,
+            )
+        )
         return "\n".join(parts)
 
     def pg_sock_dir(self) -> Path:
@@ -199,9 +269,12 @@ class Mesh:
 
     # -- lifecycle -----------------------------------------------------------------------
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(VENV_BIN / "supervisorctl"), "-c",
-                               str(self.data / "supervisord.conf"), *args],
-                              text=True, capture_output=True, check=check)
+        return subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(self.data / "supervisord.conf"), *args],
+            text=True,
+            capture_output=True,
+            check=check,
+        )
 
     def supervisord_running(self) -> bool:
         return self.sock.exists() and self.ctl("pid", check=False).returncode == 0
@@ -214,16 +287,19 @@ class Mesh:
             self.ctl("update")
             self.ctl("start", "postgres", "redis", check=False)
         else:
-            subprocess.run([str(VENV_BIN / "supervisord"), "-c",
-                            str(self.data / "supervisord.conf")], check=True)
+            subprocess.run(
+                [str(VENV_BIN / "supervisord"), "-c", str(self.data / "supervisord.conf")], check=True
+            )
         self.wait_for_postgres()
         self.provision_databases()
         self.ctl("start", *(s.name for s in SERVICES), check=False)
         self.wait_for_services()
         self.ctl("start", "envoy", check=False)
         self.wait_for_envoy()
-        print(f"mesh '{self.profile.name}' is up: gateway http://127.0.0.1:{self.profile.gateway_port}"
-              f"  logs {self.logs}")
+        print(
+            f"mesh '{self.profile.name}' is up: gateway http://127.0.0.1:{self.profile.gateway_port}"
+            f"  logs {self.logs}"
+        )
 
     def down(self) -> None:
         if not self.supervisord_running():
@@ -243,8 +319,10 @@ class Mesh:
     def wait_for_postgres(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p",
-                                   str(self.profile.postgres_port)], capture_output=True)
+            done = subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.profile.postgres_port)],
+                capture_output=True,
+            )
             if done.returncode == 0:
                 return
             time.sleep(0.3)
@@ -255,7 +333,8 @@ class Mesh:
         with grpc.insecure_channel(target) as ch:
             try:
                 reply = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout
+                )
             except grpc.RpcError as exc:
                 return f"DOWN ({exc.code().name})"  # type: ignore[attr-defined]
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -273,7 +352,8 @@ class Mesh:
     def envoy_ready(self) -> bool:
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.profile.envoy_admin_port}/ready", timeout=1) as r:
+                f"http://127.0.0.1:{self.profile.envoy_admin_port}/ready", timeout=1
+            ) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -293,10 +373,13 @@ class Mesh:
         print(self.ctl("status", check=False).stdout.rstrip())
         p = self.profile
         print(f"\n{'component':<15}{'address':<22}health")
-        print(f"{'postgres':<15}{'127.0.0.1:' + str(p.postgres_port):<22}"
-              f"{'READY' if self.pg_ready() else 'DOWN'}")
-        print(f"{'redis':<15}{'127.0.0.1:' + str(p.redis_port):<22}"
-              f"{'READY' if self.redis_ready() else 'DOWN'}")
+        print(
+            f"{'postgres':<15}{'127.0.0.1:' + str(p.postgres_port):<22}"
+            f"{'READY' if self.pg_ready() else 'DOWN'}"
+        )
+        print(
+            f"{'redis':<15}{'127.0.0.1:' + str(p.redis_port):<22}{'READY' if self.redis_ready() else 'DOWN'}"
+        )
         ok = True
         for spec in SERVICES:
             state = self.health(spec.name)
@@ -304,18 +387,29 @@ class Mesh:
             print(f"{spec.name:<15}{'127.0.0.1:' + str(p.service_port(spec.name)):<22}{state}")
         ready = self.envoy_ready()
         ok &= ready
-        print(f"{'envoy':<15}{'127.0.0.1:' + str(p.gateway_port):<22}{'READY' if ready else 'DOWN'}"
-              f"  (admin 127.0.0.1:{p.envoy_admin_port})")
+        print(
+            f"{'envoy':<15}{'127.0.0.1:' + str(p.gateway_port):<22}{'READY' if ready else 'DOWN'}"
+            f"  (admin 127.0.0.1:{p.envoy_admin_port})"
+        )
         print(f"\nlogs: {self.logs}/<process>.log")
         return 0 if ok else 1
 
     def pg_ready(self) -> bool:
-        return subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p",
-                               str(self.profile.postgres_port)], capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.profile.postgres_port)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
 
     def redis_ready(self) -> bool:
-        return subprocess.run(["redis-cli", "-p", str(self.profile.redis_port), "ping"],
-                              capture_output=True, text=True).stdout.strip() == "PONG"
+        return (
+            subprocess.run(
+                ["redis-cli", "-p", str(self.profile.redis_port), "ping"], capture_output=True, text=True
+            ).stdout.strip()
+            == "PONG"
+        )
 
 
 def public_methods() -> dict[str, list[str]]:
@@ -327,8 +421,7 @@ def public_methods() -> dict[str, list[str]]:
         for svc in fd.service:
             full = f"{fd.package}.{svc.name}"
             if full in wanted:
-                out[full] = [m.name for m in svc.method
-                             if m.options.HasExtension(annotations_pb2.http)]
+                out[full] = [m.name for m in svc.method if m.options.HasExtension(annotations_pb2.http)]
     return out
 
 
@@ -337,75 +430,140 @@ def envoy_config(profile: Profile) -> dict:
     routes = []
     for spec in SERVICES:
         for method in public.get(spec.grpc_service, []):
-            routes.append({
-                "match": {"path": f"/{spec.grpc_service}/{method}"},
-                "route": {"cluster": spec.name, "timeout": "30s"},
-            })
-    routes.append({"match": {"prefix": "/"}, "direct_response": {
-        "status": 404, "body": {"inline_string": '{"code":5,"message":"no such route"}'}},
-        "response_headers_to_add": [{"header": {"key": "content-type",
-                                                "value": "application/json"}}]})
-    clusters = [{
-        "name": spec.name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }},
-        "load_assignment": {"cluster_name": spec.name, "endpoints": [{"lb_endpoints": [{
-            "endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": profile.service_port(spec.name)}}}}]}]},
-    } for spec in SERVICES]
+            routes.append(
+                {
+                    "match": {"path": f"/{spec.grpc_service}/{method}"},
+                    "route": {"cluster": spec.name, "timeout": "30s"},
+                }
+            )
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 404,
+                "body": {"inline_string": '{"code":5,"message":"no such route"}'},
+            },
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+        }
+    )
+    clusters = [
+        {
+            "name": spec.name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": spec.name,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "127.0.0.1",
+                                            "port_value": profile.service_port(spec.name),
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+        for spec in SERVICES
+    ]
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                 "port_value": profile.envoy_admin_port}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": profile.envoy_admin_port}}
+        },
         "static_resources": {
-            "listeners": [{
-                "name": "gateway",
-                "address": {"socket_address": {"address": "127.0.0.1",
-                                               "port_value": profile.gateway_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                 "http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "gateway",
-                        "codec_type": "AUTO",
-                        "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.access_loggers."
-                                     "stream.v3.StdoutAccessLog",
-                            "log_format": {"json_format": {
-                                "time": "%START_TIME%", "method": "%REQ(:METHOD)%",
-                                "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                                "grpc_path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%",
-                                "grpc_status": "%GRPC_STATUS%", "duration_ms": "%DURATION%",
-                                "traceparent": "%REQ(TRACEPARENT)%"}}}}],
-                        "route_config": {"name": "gateway", "virtual_hosts": [{
-                            "name": "interpay", "domains": ["*"], "routes": routes}]},
-                        "http_filters": [
-                            {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http."
-                                         "grpc_json_transcoder.v3.GrpcJsonTranscoder",
-                                "proto_descriptor": str(DESCRIPTORS),
-                                "services": sorted(public),
-                                "convert_grpc_status": True,
-                                "print_options": {"add_whitespace": False,
-                                                  "always_print_primitive_fields": True,
-                                                  "always_print_enums_as_ints": False,
-                                                  "preserve_proto_field_names": False},
-                                "request_validation_options": {
-                                    "reject_unknown_method": True,
-                                    "reject_unknown_query_parameters": True,
-                                    "reject_binding_body_field_collisions": True},
-                            }},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http."
-                                         "router.v3.Router"}},
-                        ],
-                    }}]}],
-            }],
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": profile.gateway_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                        "http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "gateway",
+                                        "codec_type": "AUTO",
+                                        "access_log": [
+                                            {
+                                                "name": "envoy.access_loggers.stdout",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.access_loggers."
+                                                    "stream.v3.StdoutAccessLog",
+                                                    "log_format": {
+                                                        "json_format": {
+                                                            "time": "%START_TIME%",
+                                                            "method": "%REQ(:METHOD)%",
+                                                            "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                                                            "grpc_path": "%REQ(:PATH)%",
+                                                            "status": "%RESPONSE_CODE%",
+                                                            "grpc_status": "%GRPC_STATUS%",
+                                                            "duration_ms": "%DURATION%",
+                                                            "traceparent": "%REQ(TRACEPARENT)%",
+                                                        }
+                                                    },
+                                                },
+                                            }
+                                        ],
+                                        "route_config": {
+                                            "name": "gateway",
+                                            "virtual_hosts": [
+                                                {"name": "interpay", "domains": ["*"], "routes": routes}
+                                            ],
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.grpc_json_transcoder",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http."
+                                                    "grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                                                    "proto_descriptor": str(DESCRIPTORS),
+                                                    "services": sorted(public),
+                                                    "convert_grpc_status": True,
+                                                    "print_options": {
+                                                        "add_whitespace": False,
+                                                        "always_print_primitive_fields": True,
+                                                        "always_print_enums_as_ints": False,
+                                                        "preserve_proto_field_names": False,
+                                                    },
+                                                    "request_validation_options": {
+                                                        "reject_unknown_method": True,
+                                                        "reject_unknown_query_parameters": True,
+                                                        "reject_binding_body_field_collisions": True,
+                                                    },
+                                                },
+                                            },
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http."
+                                                    "router.v3.Router"
+                                                },
+                                            },
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": clusters,
         },
     }
@@ -414,8 +572,9 @@ def envoy_config(profile: Profile) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["up", "down", "status", "config"])
-    parser.add_argument("--profile", default=os.environ.get("INTERPAY_PROFILE", "dev"),
-                        choices=sorted(PROFILES))
+    parser.add_argument(
+        "--profile", default=os.environ.get("INTERPAY_PROFILE", "dev"), choices=sorted(PROFILES)
+    )
     args = parser.parse_args()
     mesh = Mesh(PROFILES[args.profile])
     if args.command == "up":

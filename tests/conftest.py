@@ -55,5 +55,7 @@ def new_id() -> object:
 
 
 def database_url(profile: Profile, secrets: dict[str, str], service: str) -> str:
-    return (f"postgresql://interpay_{service}:{secrets[service]}@127.0.0.1:"
-            f"{profile.postgres_port}/interpay_{service}")
+    return (
+        f"postgresql://interpay_{service}:{secrets[service]}@127.0.0.1:"
+        f"{profile.postgres_port}/interpay_{service}"
+    )

@@ -10,8 +10,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 
-def rpc_details(exc: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
-                                               list[error_details_pb2.BadRequest.FieldViolation]]:
+def rpc_details(
+    exc: grpc.RpcError,
+) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     info, violations = None, []
     for detail in status.details if status else []:

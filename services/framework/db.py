@@ -37,7 +37,10 @@ class Database:
         self.url = url
         self.migrations_dir = migrations_dir
         self.pool = AsyncConnectionPool(
-            url, min_size=1, max_size=max_size, open=False,
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
             kwargs={"row_factory": dict_row, "autocommit": False},
         )
 

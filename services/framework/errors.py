@@ -41,14 +41,16 @@ class ServiceError(Exception):
         self.field_violations = tuple(field_violations)
 
     def to_status(self, domain: str) -> status_pb2.Status:
-        details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=domain,
-                                               metadata=self.metadata)]
+        details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=domain, metadata=self.metadata)]
         if self.field_violations:
-            details.append(error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field,
-                                                            description=v.description)
-                for v in self.field_violations
-            ]))
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in self.field_violations
+                    ]
+                )
+            )
         return build_status(self.code, self.message, details)
 
 

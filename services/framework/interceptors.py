@@ -30,15 +30,21 @@ log = logging.getLogger("interpay.rpc")
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 # Codes a peer returns for a business refusal; they reach our caller unchanged.
 _PASS_THROUGH = {
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
 }
 
 
-def _wrap_unary(handler: grpc.RpcMethodHandler | None,
-                wrap: Callable[[Behaviour], Behaviour]) -> grpc.RpcMethodHandler | None:
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behaviour], Behaviour]
+) -> grpc.RpcMethodHandler | None:
     if handler is None or handler.unary_unary is None:
         return handler  # streaming handlers (reflection) pass untouched
     return grpc.unary_unary_rpc_method_handler(
@@ -79,38 +85,53 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     code = grpc.StatusCode.INTERNAL
                     trace_id = current_trace_id()
                     log.exception("unhandled error", extra={"rpc": method})
-                    await abort(context, errors.build_status(
-                        code, f"internal error; quote trace id {trace_id} to support", [
-                            errors.error_details_pb2.ErrorInfo(
-                                reason="INTERNAL", domain=self.domain,
-                                metadata={"trace_id": trace_id}),
-                        ]))
+                    await abort(
+                        context,
+                        errors.build_status(
+                            code,
+                            f"internal error; quote trace id {trace_id} to support",
+                            [
+                                errors.error_details_pb2.ErrorInfo(
+                                    reason="INTERNAL", domain=self.domain, metadata={"trace_id": trace_id}
+                                ),
+                            ],
+                        ),
+                    )
                 finally:
                     if method.startswith("/interpay."):
-                        log.info("rpc", extra={
-                            "rpc": method, "code": code.name,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        })
+                        log.info(
+                            "rpc",
+                            extra={
+                                "rpc": method,
+                                "code": code.name,
+                                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                            },
+                        )
                 return None  # unreachable: abort raises
 
             return behaviour
 
         return _wrap_unary(handler, wrap)
 
-    async def _peer_failure(self, context: grpc.aio.ServicerContext, method: str,
-                            exc: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    async def _peer_failure(
+        self, context: grpc.aio.ServicerContext, method: str, exc: grpc.aio.AioRpcError
+    ) -> grpc.StatusCode:
         code = exc.code()
         if code in _PASS_THROUGH:
             status = rpc_status.from_call(exc)
             if status is None:
                 status = errors.build_status(code, exc.details() or code.name, [])
             await abort(context, status)
-        log.warning("peer call failed", extra={"rpc": method, "peer_code": code.name,
-                                               "peer_details": exc.details()})
-        await abort(context, errors.Unavailable(
-            "a service this request depends on is unavailable; retry later",
-            metadata={"peer_code": code.name},
-        ).to_status(self.domain))
+        log.warning(
+            "peer call failed", extra={"rpc": method, "peer_code": code.name, "peer_details": exc.details()}
+        )
+        await abort(
+            context,
+            errors.Unavailable(
+                "a service this request depends on is unavailable; retry later",
+                metadata={"peer_code": code.name},
+            ).to_status(self.domain),
+        )
         return grpc.StatusCode.UNAVAILABLE
 
 
@@ -136,15 +157,14 @@ class ValidationInterceptor(grpc.aio.ServerInterceptor):
                 if violations:
                     # protovalidate hands back its own runtime's messages; read them through
                     # our generated copy of the same schema.
-                    parsed = [validate_pb2.Violation.FromString(v.proto.to_binary())
-                              for v in violations]
-                    field_violations = [
-                        errors.FieldViolation(_field_path(v), v.message) for v in parsed
-                    ]
+                    parsed = [validate_pb2.Violation.FromString(v.proto.to_binary()) for v in violations]
+                    field_violations = [errors.FieldViolation(_field_path(v), v.message) for v in parsed]
                     summary = "; ".join(
-                        f"{fv.field or 'request'}: {fv.description}" for fv in field_violations)
-                    raise errors.InvalidArgument(f"invalid request: {summary}",
-                                                 field_violations=field_violations)
+                        f"{fv.field or 'request'}: {fv.description}" for fv in field_violations
+                    )
+                    raise errors.InvalidArgument(
+                        f"invalid request: {summary}", field_violations=field_violations
+                    )
                 return await inner(request, context)
 
             return behaviour

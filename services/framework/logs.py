@@ -25,11 +25,13 @@ class _TraceContext(logging.Filter):
 def configure(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_TraceContext(service))
-    handler.setFormatter(JsonFormatter(
-        "{asctime}{levelname}{service}{name}{message}{trace_id}{span_id}",
-        style="{",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-    ))
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{service}{name}{message}{trace_id}{span_id}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -26,9 +26,13 @@ def decode(token: str) -> list[Any] | None:
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (binascii.Error, ValueError) as exc:
-        raise InvalidArgument("page_token is not a token this API issued",
-                              field_violations=[FieldViolation("page_token", "malformed")]) from exc
+        raise InvalidArgument(
+            "page_token is not a token this API issued",
+            field_violations=[FieldViolation("page_token", "malformed")],
+        ) from exc
     if not isinstance(cursor, list):
-        raise InvalidArgument("page_token is not a token this API issued",
-                              field_violations=[FieldViolation("page_token", "malformed")])
+        raise InvalidArgument(
+            "page_token is not a token this API issued",
+            field_violations=[FieldViolation("page_token", "malformed")],
+        )
     return cursor

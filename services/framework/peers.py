@@ -11,18 +11,22 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 S = TypeVar("S")
 
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{}],  # every method of every service
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.1s",
-            "maxBackoff": "1s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-})
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],  # every method of every service
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 class _DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):

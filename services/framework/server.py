@@ -58,18 +58,19 @@ def contract_handler(grpc_service: str, proto_module: str, servicer: object) -> 
     service = descriptor_pool.Default().FindServiceByName(grpc_service)
     rpc_names = {m.name for m in service.methods}
     unknown = {
-        name for name in dir(servicer)
+        name
+        for name in dir(servicer)
         if name[:1].isupper() and callable(getattr(servicer, name)) and name not in rpc_names
     }
     if unknown:
-        raise RuntimeError(f"{type(servicer).__name__} defines {sorted(unknown)}, "
-                           f"which {grpc_service} does not declare")
+        raise RuntimeError(
+            f"{type(servicer).__name__} defines {sorted(unknown)}, which {grpc_service} does not declare"
+        )
     handlers = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        behaviour = getattr(servicer, method.name, None) or _unimplemented(
-            f"{grpc_service}/{method.name}")
+        behaviour = getattr(servicer, method.name, None) or _unimplemented(f"{grpc_service}/{method.name}")
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=request_cls.FromString,
@@ -120,11 +121,18 @@ class ServiceApp:
             options=[("grpc.so_reuseport", 0)],
         )
         server.add_generic_rpc_handlers(
-            (contract_handler(spec.grpc_service, spec.proto_module, self.servicer),))
+            (contract_handler(spec.grpc_service, spec.proto_module, self.servicer),)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (spec.grpc_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server, pool=_ReflectionPool())
+            (
+                spec.grpc_service,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+            pool=_ReflectionPool(),
+        )
         server.add_insecure_port(self.config.listen_address)
         await server.start()
         self.server = server

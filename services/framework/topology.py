@@ -33,22 +33,33 @@ class ServiceSpec:
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
-        "users", 0, "interpay.users.v1.UserService", "interpay.users.v1.users_service_pb2",
+        "users",
+        0,
+        "interpay.users.v1.UserService",
+        "interpay.users.v1.users_service_pb2",
         internal_callers={"GetUserRiskProfile": ("fraud", "orchestrator")},
     ),
     ServiceSpec(
-        "wallet", 1, "interpay.wallet.v1.WalletService",
+        "wallet",
+        1,
+        "interpay.wallet.v1.WalletService",
         "interpay.wallet.v1.wallet_service_pb2",
         internal_callers={
             rpc: ("orchestrator", "transfers")
             for rpc in (
-                "TransferFunds", "PlaceHold", "CaptureHold", "ReleaseHold", "GetHold",
+                "TransferFunds",
+                "PlaceHold",
+                "CaptureHold",
+                "ReleaseHold",
+                "GetHold",
                 "GetSystemWallet",
             )
         },
     ),
     ServiceSpec(
-        "payments", 2, "interpay.payments.v1.PaymentService",
+        "payments",
+        2,
+        "interpay.payments.v1.PaymentService",
         "interpay.payments.v1.payments_service_pb2",
         peers=("orchestrator", "vault", "merchants"),
         internal_callers={
@@ -57,7 +68,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
     ),
     ServiceSpec(
-        "transfers", 3, "interpay.transfers.v1.TransfersService",
+        "transfers",
+        3,
+        "interpay.transfers.v1.TransfersService",
         "interpay.transfers.v1.transfers_service_pb2",
         peers=("wallet", "orchestrator"),
         internal_callers={
@@ -66,7 +79,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
     ),
     ServiceSpec(
-        "merchants", 4, "interpay.merchants.v1.MerchantsService",
+        "merchants",
+        4,
+        "interpay.merchants.v1.MerchantsService",
         "interpay.merchants.v1.merchants_service_pb2",
         peers=("wallet", "transfers"),
         internal_callers={
@@ -75,12 +90,18 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
     ),
     ServiceSpec(
-        "fraud", 5, "interpay.fraud.v1.FraudService", "interpay.fraud.v1.fraud_service_pb2",
+        "fraud",
+        5,
+        "interpay.fraud.v1.FraudService",
+        "interpay.fraud.v1.fraud_service_pb2",
         peers=("users",),
         internal_callers={"CheckTransaction": ("orchestrator",)},
     ),
     ServiceSpec(
-        "vault", 6, "interpay.vault.v1.VaultService", "interpay.vault.v1.vault_service_pb2",
+        "vault",
+        6,
+        "interpay.vault.v1.VaultService",
+        "interpay.vault.v1.vault_service_pb2",
         internal_callers={
             "DetokenizeCard": ("payments",),  # the processor adapter lives in payments
             "RotateDataKey": (),
@@ -88,19 +109,27 @@ SERVICES: tuple[ServiceSpec, ...] = (
         },
     ),
     ServiceSpec(
-        "orchestrator", 7, "interpay.orchestrator.v1.OrchestratorService",
+        "orchestrator",
+        7,
+        "interpay.orchestrator.v1.OrchestratorService",
         "interpay.orchestrator.v1.orchestrator_service_pb2",
         peers=("payments", "wallet", "fraud", "vault", "transfers", "merchants"),
         internal_callers={
             rpc: ("payments", "transfers", "merchants")
             for rpc in (
-                "StartPaymentSaga", "StartCaptureSaga", "StartCancelSaga", "StartRefundSaga",
-                "StartTransferSaga", "StartPayoutSaga",
+                "StartPaymentSaga",
+                "StartCaptureSaga",
+                "StartCancelSaga",
+                "StartRefundSaga",
+                "StartTransferSaga",
+                "StartPayoutSaga",
             )
         },
     ),
     ServiceSpec(
-        "notifications", 8, "interpay.notifications.v1.NotificationsService",
+        "notifications",
+        8,
+        "interpay.notifications.v1.NotificationsService",
         "interpay.notifications.v1.notifications_service_pb2",
     ),
 )

@@ -1,5 +1,6 @@
 """The orchestrator service. Its contract is served now; its behaviour arrives with issue
-#4 (payments, transfers, card vault and the saga orchestrator), and until then every RPC answers UNIMPLEMENTED saying so."""
+#4 (payments, transfers, card vault and the saga orchestrator);
+until then every RPC answers UNIMPLEMENTED saying so."""
 
 from services.framework.server import run_contract_only
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
+
 from services.framework.config import ServiceConfig
 from services.framework.db import Database
 from services.framework.peers import Peers

@@ -9,13 +9,13 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from interpay.payments.v1 import payments_service_pb2 as payments_pb
 from interpay.payments.v1 import payments_service_pb2_grpc as payments_grpc
 from interpay.users.v1 import users_service_pb2 as users_pb
 from interpay.users.v1 import users_service_pb2_grpc as users_grpc
 from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
 from interpay.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+
 from services.framework.topology import SERVICES
 from tests.conftest import ROOT
 from tests.helpers import http_details, rpc_details
@@ -33,18 +33,30 @@ def test_every_service_is_serving(spec, channel) -> None:  # type: ignore[no-unt
 
 @pytest.mark.parametrize("spec", SERVICES, ids=lambda s: s.name)
 def test_reflection_lists_the_service_health_and_reflection(spec, profile) -> None:  # type: ignore[no-untyped-def]
-    done = subprocess.run([GRPCURL, "-plaintext", f"127.0.0.1:{profile.service_port(spec.name)}",
-                           "list"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [GRPCURL, "-plaintext", f"127.0.0.1:{profile.service_port(spec.name)}", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     listed = set(done.stdout.split())
-    assert {spec.grpc_service, "grpc.health.v1.Health",
-            "grpc.reflection.v1alpha.ServerReflection"} <= listed
+    assert {spec.grpc_service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
 
 
 def test_grpcurl_describes_a_method_from_reflection(profile) -> None:  # type: ignore[no-untyped-def]
-    done = subprocess.run([GRPCURL, "-plaintext", f"127.0.0.1:{profile.service_port('wallet')}",
-                           "describe", "interpay.wallet.v1.WalletService.TransferFunds"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [
+            GRPCURL,
+            "-plaintext",
+            f"127.0.0.1:{profile.service_port('wallet')}",
+            "describe",
+            "interpay.wallet.v1.WalletService.TransferFunds",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert "rpc TransferFunds ( .interpay.wallet.v1.TransferFundsRequest )" in done.stdout
 
@@ -67,15 +79,23 @@ def test_an_unimplemented_rpc_says_so_over_http(gateway: httpx.Client, new_id) -
 
 
 def test_internal_rpcs_are_not_reachable_through_the_gateway(gateway: httpx.Client, profile, new_id) -> None:  # type: ignore[no-untyped-def]
-    body = {"sourceWalletId": new_id(), "destinationWalletId": new_id(),
-            "amount": {"amountMinor": "1", "currency": "EUR"}, "reference": new_id()}
+    body = {
+        "sourceWalletId": new_id(),
+        "destinationWalletId": new_id(),
+        "amount": {"amountMinor": "1", "currency": "EUR"},
+        "reference": new_id(),
+    }
     reply = gateway.post("/interpay.wallet.v1.WalletService/TransferFunds", json=body)
     assert reply.status_code == 404
     # Nor as native gRPC through the gateway's port, while a public RPC is.
     with grpc.insecure_channel(f"127.0.0.1:{profile.gateway_port}") as ch:
         with pytest.raises(grpc.RpcError) as err:
-            wallet_grpc.WalletServiceStub(ch).TransferFunds(wallet_pb.TransferFundsRequest(
-                source_wallet_id=new_id(), destination_wallet_id=new_id(), reference="x"), timeout=5)
+            wallet_grpc.WalletServiceStub(ch).TransferFunds(
+                wallet_pb.TransferFundsRequest(
+                    source_wallet_id=new_id(), destination_wallet_id=new_id(), reference="x"
+                ),
+                timeout=5,
+            )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         keys = users_grpc.UserServiceStub(ch).GetJwks(users_pb.GetJwksRequest(), timeout=5)
         assert keys.keys[0].alg == "ES256"

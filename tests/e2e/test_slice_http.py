@@ -17,25 +17,32 @@ from tests.helpers import http_details
 
 def register(gateway: httpx.Client, **overrides: Any) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:12]
-    body = {"email": f"Person.{tag}@Example.com", "phone": f"+49{int(tag, 16) % 10**11:011d}",
-            "password": "correct horse battery staple", "displayName": "Person",
-            "countryCode": "DE", **overrides}
+    body = {
+        "email": f"Person.{tag}@Example.com",
+        "phone": f"+49{int(tag, 16) % 10**11:011d}",
+        "password": "correct horse battery staple",
+        "displayName": "Person",
+        "countryCode": "DE",
+        **overrides,
+    }
     reply = gateway.post("/v1/users", json=body)
     assert reply.status_code == 200, reply.text
     return {**reply.json()["user"], "password": body["password"]}
 
 
 def open_wallet(gateway: httpx.Client, owner_id: str, currency: str = "EUR") -> dict[str, Any]:
-    reply = gateway.post("/v1/wallets", json={"ownerType": "OWNER_TYPE_USER", "ownerId": owner_id,
-                                              "currency": currency})
+    reply = gateway.post(
+        "/v1/wallets", json={"ownerType": "OWNER_TYPE_USER", "ownerId": owner_id, "currency": currency}
+    )
     assert reply.status_code == 200, reply.text
     return reply.json()["wallet"]  # type: ignore[no-any-return]
 
 
 def fund(gateway: httpx.Client, wallet_id: str, amount: int, currency: str = "EUR") -> dict[str, Any]:
-    reply = gateway.post(f"/v1/wallets/{wallet_id}:fund", json={
-        "amount": {"amountMinor": str(amount), "currency": currency},
-        "reference": str(uuid.uuid4())})
+    reply = gateway.post(
+        f"/v1/wallets/{wallet_id}:fund",
+        json={"amount": {"amountMinor": str(amount), "currency": currency}, "reference": str(uuid.uuid4())},
+    )
     assert reply.status_code == 200, reply.text
     return reply.json()  # type: ignore[no-any-return]
 
@@ -49,10 +56,12 @@ def balance(gateway: httpx.Client, wallet_id: str) -> int:
 def test_register_and_login_issue_a_token_the_jwks_verifies(gateway: httpx.Client) -> None:
     user = register(gateway)
     assert user["state"] == "STATE_ACTIVE" and "password" not in json.dumps(
-        gateway.get(f"/v1/users/{user['userId']}").json())
+        gateway.get(f"/v1/users/{user['userId']}").json()
+    )
     # Email is case-insensitive for login.
-    reply = gateway.post("/v1/auth:login", json={"email": user["email"].lower(),
-                                                 "password": user["password"]})
+    reply = gateway.post(
+        "/v1/auth:login", json={"email": user["email"].lower(), "password": user["password"]}
+    )
     assert reply.status_code == 200, reply.text
     session = reply.json()
     assert session["userId"] == user["userId"] and session["tokenType"] == "Bearer"
@@ -66,9 +75,16 @@ def test_register_and_login_issue_a_token_the_jwks_verifies(gateway: httpx.Clien
 
 def test_a_duplicate_email_in_other_case_is_409_and_wrong_password_is_401(gateway: httpx.Client) -> None:
     user = register(gateway)
-    reply = gateway.post("/v1/users", json={
-        "email": user["email"].upper(), "phone": "+15550000000", "password": "x" * 12,
-        "displayName": "Twin", "countryCode": "US"})
+    reply = gateway.post(
+        "/v1/users",
+        json={
+            "email": user["email"].upper(),
+            "phone": "+15550000000",
+            "password": "x" * 12,
+            "displayName": "Twin",
+            "countryCode": "US",
+        },
+    )
     assert reply.status_code == 409
     info, fields = http_details(reply.json())
     assert info is not None and info["reason"] == "EMAIL_TAKEN" and fields == ["email"]
@@ -84,9 +100,13 @@ def test_fund_pay_and_read_history(gateway: httpx.Client) -> None:
     assert funded["wallet"]["available"] == {"amountMinor": "10000", "currency": "EUR"}
 
     transfer_id = str(uuid.uuid4())
-    body = {"transferId": transfer_id, "sourceWalletId": a["walletId"],
-            "destinationWalletId": b["walletId"],
-            "amount": {"amountMinor": "2550", "currency": "EUR"}, "description": "dinner"}
+    body = {
+        "transferId": transfer_id,
+        "sourceWalletId": a["walletId"],
+        "destinationWalletId": b["walletId"],
+        "amount": {"amountMinor": "2550", "currency": "EUR"},
+        "description": "dinner",
+    }
     first = gateway.post("/v1/transfers", json=body)
     assert first.status_code == 200, first.text
     assert first.json()["transfer"]["state"] == "STATE_COMPLETED"
@@ -98,10 +118,13 @@ def test_fund_pay_and_read_history(gateway: httpx.Client) -> None:
     page1 = gateway.get(f"/v1/wallets/{a['walletId']}/transactions", params={"pageSize": 1}).json()
     assert [t["amount"]["amountMinor"] for t in page1["transactions"]] == ["-2550"]  # newest first
     assert page1["transactions"][0]["counterpartyWalletId"] == b["walletId"]
-    page2 = gateway.get(f"/v1/wallets/{a['walletId']}/transactions",
-                        params={"pageSize": 1, "pageToken": page1["nextPageToken"]}).json()
+    page2 = gateway.get(
+        f"/v1/wallets/{a['walletId']}/transactions",
+        params={"pageSize": 1, "pageToken": page1["nextPageToken"]},
+    ).json()
     assert [(t["kind"], t["amount"]["amountMinor"]) for t in page2["transactions"]] == [
-        ("TRANSACTION_KIND_FUNDING", "10000")]
+        ("TRANSACTION_KIND_FUNDING", "10000")
+    ]
     assert page2["nextPageToken"] == ""
 
 
@@ -109,9 +132,12 @@ def test_refusals_change_nothing(gateway: httpx.Client) -> None:
     alice, bob = register(gateway), register(gateway)
     a, b = open_wallet(gateway, alice["userId"]), open_wallet(gateway, bob["userId"])
     fund(gateway, a["walletId"], 1000)
-    transfer = {"transferId": str(uuid.uuid4()), "sourceWalletId": a["walletId"],
-                "destinationWalletId": b["walletId"],
-                "amount": {"amountMinor": "1001", "currency": "EUR"}}
+    transfer = {
+        "transferId": str(uuid.uuid4()),
+        "sourceWalletId": a["walletId"],
+        "destinationWalletId": b["walletId"],
+        "amount": {"amountMinor": "1001", "currency": "EUR"},
+    }
     reply = gateway.post("/v1/transfers", json=transfer)
     assert reply.status_code == 400
     info, _ = http_details(reply.json())
@@ -127,12 +153,16 @@ def test_refusals_change_nothing(gateway: httpx.Client) -> None:
     info, _ = http_details(reply.json())
     assert info["reason"] == "IDEMPOTENCY_MISMATCH" and info["metadata"]["mismatched_fields"] == "amount"  # type: ignore[index]
     usd = open_wallet(gateway, bob["userId"], "USD")
-    reply = gateway.post("/v1/transfers", json={**ok, "transferId": str(uuid.uuid4()),
-                                                "destinationWalletId": usd["walletId"]})
+    reply = gateway.post(
+        "/v1/transfers", json={**ok, "transferId": str(uuid.uuid4()), "destinationWalletId": usd["walletId"]}
+    )
     assert reply.status_code == 400
     assert http_details(reply.json())[0]["reason"] == "CURRENCY_MISMATCH"  # type: ignore[index]
-    assert (balance(gateway, a["walletId"]), balance(gateway, b["walletId"]),
-            balance(gateway, usd["walletId"])) == (900, 100, 0)
+    assert (
+        balance(gateway, a["walletId"]),
+        balance(gateway, b["walletId"]),
+        balance(gateway, usd["walletId"]),
+    ) == (900, 100, 0)
 
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
@@ -142,47 +172,149 @@ def _bad_inputs(wallet_id: str) -> list[tuple[str, str, str, Any, int, list[str]
     """(case, method, path, JSON body or raw text, HTTP status, fields named)."""
     money = {"amountMinor": "100", "currency": "EUR"}
     return [
-        ("register: missing fields", "POST", "/v1/users", {"email": "a@b.co"}, 400,
-         ["phone", "password", "display_name", "country_code"]),
-        ("register: bad email", "POST", "/v1/users",
-         {"email": "nope", "phone": "+4915100000000", "password": "x" * 12,
-          "displayName": "X", "countryCode": "DE"}, 400, ["email"]),
+        (
+            "register: missing fields",
+            "POST",
+            "/v1/users",
+            {"email": "a@b.co"},
+            400,
+            ["phone", "password", "display_name", "country_code"],
+        ),
+        (
+            "register: bad email",
+            "POST",
+            "/v1/users",
+            {
+                "email": "nope",
+                "phone": "+4915100000000",
+                "password": "x" * 12,
+                "displayName": "X",
+                "countryCode": "DE",
+            },
+            400,
+            ["email"],
+        ),
         ("register: wrong type", "POST", "/v1/users", {"email": ["a@b.co"]}, 400, []),
         ("register: malformed JSON", "POST", "/v1/users", '{"email": ', 400, []),
         ("login: missing password", "POST", "/v1/auth:login", {"email": "a@b.co"}, 400, ["password"]),
         ("get user: not a uuid", "GET", "/v1/users/42", None, 400, ["user_id"]),
         ("get user: unknown", "GET", f"/v1/users/{UNKNOWN}", None, 404, []),
-        ("create wallet: system owner", "POST", "/v1/wallets",
-         {"ownerType": "OWNER_TYPE_SYSTEM", "ownerId": UNKNOWN, "currency": "EUR"}, 400, ["owner_type"]),
-        ("create wallet: bad currency", "POST", "/v1/wallets",
-         {"ownerType": "OWNER_TYPE_USER", "ownerId": UNKNOWN, "currency": "euro"}, 400, ["currency"]),
-        ("create wallet: unknown enum", "POST", "/v1/wallets",
-         {"ownerType": "OWNER_TYPE_ALIEN", "ownerId": UNKNOWN, "currency": "EUR"}, 400, []),
-        ("fund: negative amount", "POST", f"/v1/wallets/{wallet_id}:fund",
-         {"amount": {"amountMinor": "-100", "currency": "EUR"}, "reference": "r"}, 400, ["amount"]),
-        ("fund: zero amount", "POST", f"/v1/wallets/{wallet_id}:fund",
-         {"amount": {"amountMinor": "0", "currency": "EUR"}, "reference": "r"}, 400, ["amount"]),
-        ("fund: amount as text", "POST", f"/v1/wallets/{wallet_id}:fund",
-         {"amount": {"amountMinor": "ten", "currency": "EUR"}, "reference": "r"}, 400, []),
-        ("fund: fractional amount", "POST", f"/v1/wallets/{wallet_id}:fund",
-         {"amount": {"amountMinor": 10.5, "currency": "EUR"}, "reference": "r"}, 400, []),
-        ("fund: missing amount and reference", "POST", f"/v1/wallets/{wallet_id}:fund", {}, 400,
-         ["amount", "reference"]),
-        ("fund: unknown wallet", "POST", f"/v1/wallets/{UNKNOWN}:fund",
-         {"amount": money, "reference": "r"}, 404, []),
+        (
+            "create wallet: system owner",
+            "POST",
+            "/v1/wallets",
+            {"ownerType": "OWNER_TYPE_SYSTEM", "ownerId": UNKNOWN, "currency": "EUR"},
+            400,
+            ["owner_type"],
+        ),
+        (
+            "create wallet: bad currency",
+            "POST",
+            "/v1/wallets",
+            {"ownerType": "OWNER_TYPE_USER", "ownerId": UNKNOWN, "currency": "euro"},
+            400,
+            ["currency"],
+        ),
+        (
+            "create wallet: unknown enum",
+            "POST",
+            "/v1/wallets",
+            {"ownerType": "OWNER_TYPE_ALIEN", "ownerId": UNKNOWN, "currency": "EUR"},
+            400,
+            [],
+        ),
+        (
+            "fund: negative amount",
+            "POST",
+            f"/v1/wallets/{wallet_id}:fund",
+            {"amount": {"amountMinor": "-100", "currency": "EUR"}, "reference": "r"},
+            400,
+            ["amount"],
+        ),
+        (
+            "fund: zero amount",
+            "POST",
+            f"/v1/wallets/{wallet_id}:fund",
+            {"amount": {"amountMinor": "0", "currency": "EUR"}, "reference": "r"},
+            400,
+            ["amount"],
+        ),
+        (
+            "fund: amount as text",
+            "POST",
+            f"/v1/wallets/{wallet_id}:fund",
+            {"amount": {"amountMinor": "ten", "currency": "EUR"}, "reference": "r"},
+            400,
+            [],
+        ),
+        (
+            "fund: fractional amount",
+            "POST",
+            f"/v1/wallets/{wallet_id}:fund",
+            {"amount": {"amountMinor": 10.5, "currency": "EUR"}, "reference": "r"},
+            400,
+            [],
+        ),
+        (
+            "fund: missing amount and reference",
+            "POST",
+            f"/v1/wallets/{wallet_id}:fund",
+            {},
+            400,
+            ["amount", "reference"],
+        ),
+        (
+            "fund: unknown wallet",
+            "POST",
+            f"/v1/wallets/{UNKNOWN}:fund",
+            {"amount": money, "reference": "r"},
+            404,
+            [],
+        ),
         ("get wallet: unknown", "GET", f"/v1/wallets/{UNKNOWN}", None, 404, []),
-        ("history: page too large", "GET", f"/v1/wallets/{wallet_id}/transactions?pageSize=1000",
-         None, 400, ["page_size"]),
-        ("history: forged page token", "GET", f"/v1/wallets/{wallet_id}/transactions?pageToken=xyz",
-         None, 400, ["page_token"]),
-        ("transfer: same wallet twice", "POST", "/v1/transfers",
-         {"transferId": UNKNOWN, "sourceWalletId": wallet_id, "destinationWalletId": wallet_id,
-          "amount": money}, 400, [""]),
-        ("transfer: not a uuid id", "POST", "/v1/transfers",
-         {"transferId": "t-1", "sourceWalletId": wallet_id, "destinationWalletId": UNKNOWN,
-          "amount": money}, 400, ["transfer_id"]),
-        ("transfer: unknown query parameter", "GET", f"/v1/transfers/{UNKNOWN}?colour=red", None,
-         400, []),
+        (
+            "history: page too large",
+            "GET",
+            f"/v1/wallets/{wallet_id}/transactions?pageSize=1000",
+            None,
+            400,
+            ["page_size"],
+        ),
+        (
+            "history: forged page token",
+            "GET",
+            f"/v1/wallets/{wallet_id}/transactions?pageToken=xyz",
+            None,
+            400,
+            ["page_token"],
+        ),
+        (
+            "transfer: same wallet twice",
+            "POST",
+            "/v1/transfers",
+            {
+                "transferId": UNKNOWN,
+                "sourceWalletId": wallet_id,
+                "destinationWalletId": wallet_id,
+                "amount": money,
+            },
+            400,
+            [""],
+        ),
+        (
+            "transfer: not a uuid id",
+            "POST",
+            "/v1/transfers",
+            {
+                "transferId": "t-1",
+                "sourceWalletId": wallet_id,
+                "destinationWalletId": UNKNOWN,
+                "amount": money,
+            },
+            400,
+            ["transfer_id"],
+        ),
+        ("transfer: unknown query parameter", "GET", f"/v1/transfers/{UNKNOWN}?colour=red", None, 400, []),
     ]
 
 
@@ -193,10 +325,10 @@ def bad_input_wallet(gateway: httpx.Client) -> str:
     return wallet["walletId"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("index", range(len(_bad_inputs(UNKNOWN))),
-                         ids=[c[0] for c in _bad_inputs(UNKNOWN)])
-def test_bad_input_gets_a_precise_status_and_changes_nothing(gateway: httpx.Client,
-                                                             bad_input_wallet: str, index: int) -> None:
+@pytest.mark.parametrize("index", range(len(_bad_inputs(UNKNOWN))), ids=[c[0] for c in _bad_inputs(UNKNOWN)])
+def test_bad_input_gets_a_precise_status_and_changes_nothing(
+    gateway: httpx.Client, bad_input_wallet: str, index: int
+) -> None:
     _, method, path, body, status, fields = _bad_inputs(bad_input_wallet)[index]
     history_before = gateway.get(f"/v1/wallets/{bad_input_wallet}/transactions").json()
     kwargs: dict[str, Any] = {}

@@ -12,10 +12,10 @@ import uuid
 import grpc
 import psycopg
 import pytest
-
 from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
+
 from tests.conftest import database_url
 
 
@@ -31,13 +31,16 @@ def _any_entry(conn: psycopg.Connection) -> tuple[int, uuid.UUID]:  # type: igno
     return row  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE wallet_transactions SET amount = amount + 1 WHERE entry_id = %s",
-    "DELETE FROM wallet_transactions WHERE entry_id = %s",
-    "UPDATE ledger_transactions SET amount = 1 WHERE transaction_id = "
-    "(SELECT transaction_id FROM wallet_transactions WHERE entry_id = %s)",
-    "TRUNCATE wallet_transactions, ledger_transactions CASCADE",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE wallet_transactions SET amount = amount + 1 WHERE entry_id = %s",
+        "DELETE FROM wallet_transactions WHERE entry_id = %s",
+        "UPDATE ledger_transactions SET amount = 1 WHERE transaction_id = "
+        "(SELECT transaction_id FROM wallet_transactions WHERE entry_id = %s)",
+        "TRUNCATE wallet_transactions, ledger_transactions CASCADE",
+    ],
+)
 def test_the_ledger_is_append_only_in_the_database(wallet_db, statement: str) -> None:  # type: ignore[no-untyped-def]
     entry_id, _ = _any_entry(wallet_db)
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
@@ -54,10 +57,13 @@ def test_an_unbalanced_transaction_cannot_commit(wallet_db) -> None:  # type: ig
     wallet_db.execute(
         "INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, amount, "
         "source_wallet_id, destination_wallet_id) VALUES (%s, %s, 'TRANSFER', %s, 5, %s, %s)",
-        (tx, f"forged-{tx}", currency, source, destination))
+        (tx, f"forged-{tx}", currency, source, destination),
+    )
     wallet_db.execute(
         "INSERT INTO wallet_transactions (transaction_id, wallet_id, amount, balance_after, "
-        "counterparty_wallet_id) VALUES (%s, %s, 5, 0, %s)", (tx, destination, source))
+        "counterparty_wallet_id) VALUES (%s, %s, 5, 0, %s)",
+        (tx, destination, source),
+    )
     with pytest.raises(psycopg.errors.CheckViolation, match="does not sum to zero"):
         wallet_db.commit()
 
@@ -65,42 +71,54 @@ def test_an_unbalanced_transaction_cannot_commit(wallet_db) -> None:  # type: ig
 @pytest.mark.parametrize("other", ["users", "transfers", "postgres"])
 def test_a_service_role_reaches_only_its_own_database(profile, mesh_secrets, other: str) -> None:  # type: ignore[no-untyped-def]
     url = database_url(profile, mesh_secrets, "wallet").rsplit("/", 1)[0] + (
-        "/postgres" if other == "postgres" else f"/interpay_{other}")
+        "/postgres" if other == "postgres" else f"/interpay_{other}"
+    )
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
         psycopg.connect(url).close()
 
 
-async def test_money_is_conserved_under_concurrent_transfers_into_a_hot_wallet(
-        profile, wallet_db) -> None:  # type: ignore[no-untyped-def]
+async def test_money_is_conserved_under_concurrent_transfers_into_a_hot_wallet(profile, wallet_db) -> None:  # type: ignore[no-untyped-def]
     currency = "CHF"
     rng = random.Random(7)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{profile.service_port('wallet')}") as ch:
         stub = WalletServiceStub(ch)
 
         async def open_wallet(owner_type: int) -> str:
-            reply = await stub.CreateWallet(pb.CreateWalletRequest(
-                owner_type=owner_type, owner_id=str(uuid.uuid4()), currency=currency))
+            reply = await stub.CreateWallet(
+                pb.CreateWalletRequest(owner_type=owner_type, owner_id=str(uuid.uuid4()), currency=currency)
+            )
             return reply.wallet.wallet_id
 
         payers = [await open_wallet(pb.OWNER_TYPE_USER) for _ in range(40)]
         merchant = await open_wallet(pb.OWNER_TYPE_MERCHANT)
         for payer in payers:
-            await stub.FundWallet(pb.FundWalletRequest(
-                wallet_id=payer, amount=Money(amount_minor=100_000, currency=currency),
-                reference=str(uuid.uuid4())))
+            await stub.FundWallet(
+                pb.FundWalletRequest(
+                    wallet_id=payer,
+                    amount=Money(amount_minor=100_000, currency=currency),
+                    reference=str(uuid.uuid4()),
+                )
+            )
 
         # 300 payments into the hot merchant wallet and 100 between random payers; every
         # fifth request is sent twice at once with the same reference.
         orders = [(rng.choice(payers), merchant, rng.randint(1, 500)) for _ in range(300)]
         orders += [tuple(rng.sample(payers, 2)) + (rng.randint(1, 500),) for _ in range(100)]  # type: ignore[misc]
-        requests = [pb.TransferFundsRequest(
-            source_wallet_id=src, destination_wallet_id=dst,
-            amount=Money(amount_minor=amount, currency=currency), reference=str(uuid.uuid4()),
-            kind=pb.TRANSACTION_KIND_TRANSFER) for src, dst, amount in orders]
+        requests = [
+            pb.TransferFundsRequest(
+                source_wallet_id=src,
+                destination_wallet_id=dst,
+                amount=Money(amount_minor=amount, currency=currency),
+                reference=str(uuid.uuid4()),
+                kind=pb.TRANSACTION_KIND_TRANSFER,
+            )
+            for src, dst, amount in orders
+        ]
         sends = requests + requests[::5]
         rng.shuffle(sends)
-        results = await asyncio.gather(*(stub.TransferFunds(r, timeout=120) for r in sends),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(stub.TransferFunds(r, timeout=120) for r in sends), return_exceptions=True
+        )
     failures = [r for r in results if isinstance(r, Exception)]
     assert failures == [], f"{len(failures)} spurious failures, first: {failures[:1]}"
 
@@ -109,7 +127,9 @@ async def test_money_is_conserved_under_concurrent_transfers_into_a_hot_wallet(
     rows = wallet_db.execute(
         "SELECT w.wallet_id, w.balance, w.available, "
         "(SELECT coalesce(sum(amount), 0) FROM wallet_transactions e WHERE e.wallet_id = w.wallet_id) "
-        "FROM wallets w WHERE w.wallet_id = ANY(%s)", (wallets,)).fetchall()
+        "FROM wallets w WHERE w.wallet_id = ANY(%s)",
+        (wallets,),
+    ).fetchall()
     balances = {r[0]: r[1] for r in rows}
     assert all(balance == entries for _, balance, _, entries in rows), "Σ entries ≠ balance"
     assert all(available >= 0 for _, _, available, _ in rows)

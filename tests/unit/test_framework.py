@@ -11,14 +11,18 @@ from services.framework.server import contract_handler
 
 
 def test_a_service_error_carries_error_info_and_field_violations() -> None:
-    err = errors.InvalidArgument("bad", metadata={"n": 1},
-                                 field_violations=[errors.FieldViolation("amount", "must be > 0")])
+    err = errors.InvalidArgument(
+        "bad", metadata={"n": 1}, field_violations=[errors.FieldViolation("amount", "must be > 0")]
+    )
     status = err.to_status("wallet.interpay.dev")
     assert status.code == code_pb2.INVALID_ARGUMENT
     info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
     assert status.details[0].Unpack(info) and status.details[1].Unpack(bad)
     assert (info.reason, info.domain, dict(info.metadata)) == (
-        "INVALID_REQUEST", "wallet.interpay.dev", {"n": "1"})
+        "INVALID_REQUEST",
+        "wallet.interpay.dev",
+        {"n": "1"},
+    )
     assert [(v.field, v.description) for v in bad.field_violations] == [("amount", "must be > 0")]
 
 
@@ -36,14 +40,15 @@ def test_a_servicer_method_missing_from_the_contract_fails_at_start_up() -> None
             return None
 
     with pytest.raises(RuntimeError, match="GetWalet"):
-        contract_handler("interpay.wallet.v1.WalletService", "interpay.wallet.v1.wallet_service_pb2",
-                         Typo())
+        contract_handler("interpay.wallet.v1.WalletService", "interpay.wallet.v1.wallet_service_pb2", Typo())
 
 
 def test_every_declared_rpc_gets_a_handler() -> None:
-    handler = contract_handler("interpay.vault.v1.VaultService",
-                               "interpay.vault.v1.vault_service_pb2", object())
-    details = type("D", (), {"method": "/interpay.vault.v1.VaultService/TokenizeCard",
-                             "invocation_metadata": ()})()
+    handler = contract_handler(
+        "interpay.vault.v1.VaultService", "interpay.vault.v1.vault_service_pb2", object()
+    )
+    details = type(
+        "D", (), {"method": "/interpay.vault.v1.VaultService/TokenizeCard", "invocation_metadata": ()}
+    )()
     assert handler.service(details) is not None  # type: ignore[arg-type]
     assert isinstance(handler, grpc.GenericRpcHandler)

@@ -17,8 +17,8 @@ from services.users.adapters.tokens import TokenIssuer
 
 def _issuer() -> TokenIssuer:
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return TokenIssuer(pem, ttl_seconds=60)
 
 

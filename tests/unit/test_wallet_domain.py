@@ -26,15 +26,20 @@ from services.wallet.domain.model import (
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def wallet(available: int = 1000, *, state: WalletState = WalletState.ACTIVE,
-           currency: str = "EUR", owner_type: OwnerType = OwnerType.USER) -> Wallet:
-    return Wallet(uuid.uuid4(), owner_type, "owner", currency, available, available, 0, state, 1,
-                  NOW, NOW)
+def wallet(
+    available: int = 1000,
+    *,
+    state: WalletState = WalletState.ACTIVE,
+    currency: str = "EUR",
+    owner_type: OwnerType = OwnerType.USER,
+) -> Wallet:
+    return Wallet(uuid.uuid4(), owner_type, "owner", currency, available, available, 0, state, 1, NOW, NOW)
 
 
 def order(source: Wallet, destination: Wallet, amount: int = 100, currency: str = "EUR") -> TransferOrder:
-    return TransferOrder(source.wallet_id, destination.wallet_id, amount, currency, "ref",
-                         TransactionKind.TRANSFER)
+    return TransferOrder(
+        source.wallet_id, destination.wallet_id, amount, currency, "ref", TransactionKind.TRANSFER
+    )
 
 
 def test_a_transfer_within_available_funds_passes() -> None:

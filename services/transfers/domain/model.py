@@ -49,8 +49,7 @@ class TransferNotFound(NotFound):
     default_reason = "TRANSFER_NOT_FOUND"
 
     def __init__(self, transfer_id: uuid.UUID) -> None:
-        super().__init__(f"transfer {transfer_id} does not exist",
-                         metadata={"transfer_id": str(transfer_id)})
+        super().__init__(f"transfer {transfer_id} does not exist", metadata={"transfer_id": str(transfer_id)})
 
 
 class TransferIdReused(FailedPrecondition):

@@ -32,10 +32,12 @@ class TokenIssuer:
         self.private_key = key
         self.ttl_seconds = ttl_seconds
         public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-        thumb_input = json.dumps({k: public_jwk[k] for k in ("crv", "kty", "x", "y")},
-                                 separators=(",", ":"), sort_keys=True)
-        self.kid = base64.urlsafe_b64encode(
-            hashlib.sha256(thumb_input.encode()).digest()).decode().rstrip("=")
+        thumb_input = json.dumps(
+            {k: public_jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
+        )
+        self.kid = (
+            base64.urlsafe_b64encode(hashlib.sha256(thumb_input.encode()).digest()).decode().rstrip("=")
+        )
         self.jwk = {**public_jwk, "kid": self.kid, "use": "sig", "alg": ALGORITHM}
 
     @classmethod
@@ -44,12 +46,19 @@ class TokenIssuer:
 
     def issue(self, user_id: uuid.UUID, now: float | None = None) -> str:
         issued = int(now if now is not None else time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": str(user_id), "iat": issued,
-                  "exp": issued + self.ttl_seconds, "jti": str(uuid.uuid4()), "roles": ["user"]}
-        return jwt.encode(claims, self.private_key, algorithm=ALGORITHM,
-                          headers={"kid": self.kid})
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": str(user_id),
+            "iat": issued,
+            "exp": issued + self.ttl_seconds,
+            "jti": str(uuid.uuid4()),
+            "roles": ["user"],
+        }
+        return jwt.encode(claims, self.private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def verify(self, token: str) -> dict[str, Any]:
         """Verifies signature, issuer, audience and expiry; used by tests and peers."""
-        return jwt.decode(token, self.private_key.public_key(), algorithms=[ALGORITHM],
-                          audience=AUDIENCE, issuer=ISSUER)
+        return jwt.decode(
+            token, self.private_key.public_key(), algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER
+        )

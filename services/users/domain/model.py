@@ -33,9 +33,11 @@ class UserNotFound(NotFound):
 
 class IdentifierTaken(AlreadyExists):
     def __init__(self, field: str) -> None:
-        super().__init__(f"a user with this {field} is already registered",
-                         reason=f"{field.upper()}_TAKEN",
-                         field_violations=[FieldViolation(field, "already registered")])
+        super().__init__(
+            f"a user with this {field} is already registered",
+            reason=f"{field.upper()}_TAKEN",
+            field_violations=[FieldViolation(field, "already registered")],
+        )
 
 
 class InvalidCredentials(Unauthenticated):

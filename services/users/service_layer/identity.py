@@ -36,8 +36,9 @@ class Identity:
         # Verified against when the email is unknown, so both paths cost the same time.
         self._decoy_hash = self.hasher.hash(secrets.token_urlsafe(16))
 
-    async def register(self, email: str, phone: str, password: str, display_name: str,
-                       country_code: str) -> User:
+    async def register(
+        self, email: str, phone: str, password: str, display_name: str, country_code: str
+    ) -> User:
         password_hash = await asyncio.to_thread(self.hasher.hash, password)
         user_id = uuid.uuid4()
         async with self.db.transaction() as conn:
@@ -68,6 +69,9 @@ class Identity:
         refresh_token = secrets.token_urlsafe(32)
         async with self.db.transaction() as conn:
             await UserRepository(conn).add_session(
-                uuid.uuid4(), user_id, hashlib.sha256(refresh_token.encode()).digest(),
-                datetime.now(UTC) + REFRESH_TTL)
+                uuid.uuid4(),
+                user_id,
+                hashlib.sha256(refresh_token.encode()).digest(),
+                datetime.now(UTC) + REFRESH_TTL,
+            )
         return Session(user_id, self.tokens.issue(user_id), self.tokens.ttl_seconds, refresh_token)

@@ -109,20 +109,33 @@ def check_transfer(order: TransferOrder, source: Wallet, destination: Wallet) ->
         if wallet.currency != order.currency:
             raise CurrencyMismatch(
                 f"wallet {wallet.wallet_id} holds {wallet.currency}, not {order.currency}",
-                metadata={"wallet_id": str(wallet.wallet_id), "wallet_currency": wallet.currency,
-                          "requested_currency": order.currency})
+                metadata={
+                    "wallet_id": str(wallet.wallet_id),
+                    "wallet_currency": wallet.currency,
+                    "requested_currency": order.currency,
+                },
+            )
     if source.state is not WalletState.ACTIVE:
-        raise WalletNotActive(f"wallet {source.wallet_id} is {source.state.value} and cannot send money",
-                              metadata={"wallet_id": str(source.wallet_id), "state": source.state.value})
+        raise WalletNotActive(
+            f"wallet {source.wallet_id} is {source.state.value} and cannot send money",
+            metadata={"wallet_id": str(source.wallet_id), "state": source.state.value},
+        )
     if destination.state is WalletState.CLOSED:
-        raise WalletNotActive(f"wallet {destination.wallet_id} is CLOSED and cannot receive money",
-                              metadata={"wallet_id": str(destination.wallet_id), "state": "CLOSED"})
+        raise WalletNotActive(
+            f"wallet {destination.wallet_id} is CLOSED and cannot receive money",
+            metadata={"wallet_id": str(destination.wallet_id), "state": "CLOSED"},
+        )
     if not source.is_system and source.available < order.amount:
         raise InsufficientFunds(
             f"wallet {source.wallet_id} has {source.available} {source.currency} available, "
             f"{order.amount} needed",
-            metadata={"wallet_id": str(source.wallet_id), "available_minor": str(source.available),
-                      "requested_minor": str(order.amount), "currency": source.currency})
+            metadata={
+                "wallet_id": str(source.wallet_id),
+                "available_minor": str(source.available),
+                "requested_minor": str(order.amount),
+                "currency": source.currency,
+            },
+        )
 
 
 def reference_mismatches(order: TransferOrder, recorded: TransferOrder) -> list[str]:

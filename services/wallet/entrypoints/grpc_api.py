@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
+
 from services.wallet.domain.model import (
     OwnerType,
     SystemAccount,
@@ -18,11 +18,13 @@ from services.wallet.domain.model import (
 )
 from services.wallet.service_layer.ledger import Ledger, TransferResult
 
-_OWNER_TYPES = {pb.OWNER_TYPE_USER: OwnerType.USER, pb.OWNER_TYPE_MERCHANT: OwnerType.MERCHANT,
-                pb.OWNER_TYPE_SYSTEM: OwnerType.SYSTEM}
+_OWNER_TYPES = {
+    pb.OWNER_TYPE_USER: OwnerType.USER,
+    pb.OWNER_TYPE_MERCHANT: OwnerType.MERCHANT,
+    pb.OWNER_TYPE_SYSTEM: OwnerType.SYSTEM,
+}
 _OWNER_TYPES_PB = {v: k for k, v in _OWNER_TYPES.items()}
-_KINDS_PB = {kind: pb.TransactionKind.Value(f"TRANSACTION_KIND_{kind.value}")
-             for kind in TransactionKind}
+_KINDS_PB = {kind: pb.TransactionKind.Value(f"TRANSACTION_KIND_{kind.value}") for kind in TransactionKind}
 _KINDS = {v: k for k, v in _KINDS_PB.items()}
 
 
@@ -34,13 +36,17 @@ def _ts(value: Any) -> Timestamp:
 
 def wallet_pb(w: Wallet) -> pb.Wallet:
     return pb.Wallet(
-        wallet_id=str(w.wallet_id), owner_type=_OWNER_TYPES_PB[w.owner_type], owner_id=w.owner_id,
+        wallet_id=str(w.wallet_id),
+        owner_type=_OWNER_TYPES_PB[w.owner_type],
+        owner_id=w.owner_id,
         currency=w.currency,
         balance=Money(amount_minor=w.balance, currency=w.currency),
         available=Money(amount_minor=w.available, currency=w.currency),
         pending=Money(amount_minor=w.pending, currency=w.currency),
-        state=pb.Wallet.State.Value(f"STATE_{w.state.value}"), version=w.version,
-        create_time=_ts(w.created_at), update_time=_ts(w.updated_at),
+        state=pb.Wallet.State.Value(f"STATE_{w.state.value}"),
+        version=w.version,
+        create_time=_ts(w.created_at),
+        update_time=_ts(w.updated_at),
     )
 
 
@@ -49,8 +55,9 @@ class WalletServicer:
         self.ledger = ledger
 
     async def CreateWallet(self, request: pb.CreateWalletRequest, context: Any) -> pb.CreateWalletResponse:
-        wallet = await self.ledger.create_wallet(_OWNER_TYPES[request.owner_type], request.owner_id,
-                                                 request.currency)
+        wallet = await self.ledger.create_wallet(
+            _OWNER_TYPES[request.owner_type], request.owner_id, request.currency
+        )
         return pb.CreateWalletResponse(wallet=wallet_pb(wallet))
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: Any) -> pb.GetWalletResponse:
@@ -61,42 +68,64 @@ class WalletServicer:
         wallets = await self.ledger.list_wallets(_OWNER_TYPES[request.owner_type], request.owner_id)
         return pb.ListWalletsResponse(wallets=[wallet_pb(w) for w in wallets])
 
-    async def ListWalletTransactions(self, request: pb.ListWalletTransactionsRequest,
-                                     context: Any) -> pb.ListWalletTransactionsResponse:
-        rows, next_token = await self.ledger.history(uuid.UUID(request.wallet_id),
-                                                     request.page_size, request.page_token)
+    async def ListWalletTransactions(
+        self, request: pb.ListWalletTransactionsRequest, context: Any
+    ) -> pb.ListWalletTransactionsResponse:
+        rows, next_token = await self.ledger.history(
+            uuid.UUID(request.wallet_id), request.page_size, request.page_token
+        )
         return pb.ListWalletTransactionsResponse(
-            transactions=[pb.WalletTransaction(
-                transaction_id=str(r["transaction_id"]), wallet_id=str(r["wallet_id"]),
-                amount=Money(amount_minor=r["amount"], currency=r["currency"]),
-                balance_after=Money(amount_minor=r["balance_after"], currency=r["currency"]),
-                kind=_KINDS_PB[TransactionKind(r["kind"])], reference=r["reference"],
-                counterparty_wallet_id=str(r["counterparty_wallet_id"]),
-                description=r["description"], create_time=_ts(r["created_at"]),
-            ) for r in rows],
-            next_page_token=next_token)
+            transactions=[
+                pb.WalletTransaction(
+                    transaction_id=str(r["transaction_id"]),
+                    wallet_id=str(r["wallet_id"]),
+                    amount=Money(amount_minor=r["amount"], currency=r["currency"]),
+                    balance_after=Money(amount_minor=r["balance_after"], currency=r["currency"]),
+                    kind=_KINDS_PB[TransactionKind(r["kind"])],
+                    reference=r["reference"],
+                    counterparty_wallet_id=str(r["counterparty_wallet_id"]),
+                    description=r["description"],
+                    create_time=_ts(r["created_at"]),
+                )
+                for r in rows
+            ],
+            next_page_token=next_token,
+        )
 
     async def FundWallet(self, request: pb.FundWalletRequest, context: Any) -> pb.FundWalletResponse:
-        result = await self.ledger.fund(uuid.UUID(request.wallet_id), request.amount.amount_minor,
-                                        request.amount.currency, request.reference,
-                                        request.description)
-        return pb.FundWalletResponse(wallet=wallet_pb(result.destination),
-                                     transaction_id=str(result.transaction_id))
+        result = await self.ledger.fund(
+            uuid.UUID(request.wallet_id),
+            request.amount.amount_minor,
+            request.amount.currency,
+            request.reference,
+            request.description,
+        )
+        return pb.FundWalletResponse(
+            wallet=wallet_pb(result.destination), transaction_id=str(result.transaction_id)
+        )
 
-    async def TransferFunds(self, request: pb.TransferFundsRequest,
-                            context: Any) -> pb.TransferFundsResponse:
+    async def TransferFunds(self, request: pb.TransferFundsRequest, context: Any) -> pb.TransferFundsResponse:
         kind = _KINDS.get(request.kind, TransactionKind.TRANSFER)
-        result: TransferResult = await self.ledger.transfer(TransferOrder(
-            source_wallet_id=uuid.UUID(request.source_wallet_id),
-            destination_wallet_id=uuid.UUID(request.destination_wallet_id),
-            amount=request.amount.amount_minor, currency=request.amount.currency,
-            reference=request.reference, kind=kind, description=request.description))
-        return pb.TransferFundsResponse(transaction_id=str(result.transaction_id),
-                                        source_wallet=wallet_pb(result.source),
-                                        destination_wallet=wallet_pb(result.destination))
+        result: TransferResult = await self.ledger.transfer(
+            TransferOrder(
+                source_wallet_id=uuid.UUID(request.source_wallet_id),
+                destination_wallet_id=uuid.UUID(request.destination_wallet_id),
+                amount=request.amount.amount_minor,
+                currency=request.amount.currency,
+                reference=request.reference,
+                kind=kind,
+                description=request.description,
+            )
+        )
+        return pb.TransferFundsResponse(
+            transaction_id=str(result.transaction_id),
+            source_wallet=wallet_pb(result.source),
+            destination_wallet=wallet_pb(result.destination),
+        )
 
-    async def GetSystemWallet(self, request: pb.GetSystemWalletRequest,
-                              context: Any) -> pb.GetSystemWalletResponse:
+    async def GetSystemWallet(
+        self, request: pb.GetSystemWalletRequest, context: Any
+    ) -> pb.GetSystemWalletResponse:
         account = SystemAccount(pb.SystemAccount.Name(request.account).removeprefix("SYSTEM_ACCOUNT_"))
         wallet = await self.ledger.system_wallet(account, request.currency)
         return pb.GetSystemWalletResponse(wallet=wallet_pb(wallet))

@@ -38,13 +38,13 @@ class Ledger:
 
     async def create_wallet(self, owner_type: OwnerType, owner_id: str, currency: str) -> Wallet:
         async with self.db.transaction() as conn:
-            wallet = await LedgerRepository(conn).insert_wallet(uuid.uuid4(), owner_type, owner_id,
-                                                                currency)
+            wallet = await LedgerRepository(conn).insert_wallet(uuid.uuid4(), owner_type, owner_id, currency)
         if wallet is None:
             raise AlreadyExists(
                 f"{owner_type.value} {owner_id} already has a {currency} wallet",
                 reason="WALLET_ALREADY_EXISTS",
-                metadata={"owner_id": owner_id, "currency": currency})
+                metadata={"owner_id": owner_id, "currency": currency},
+            )
         return wallet
 
     async def get_wallet(self, wallet_id: uuid.UUID) -> Wallet:
@@ -69,14 +69,22 @@ class Ledger:
         assert wallet is not None
         return wallet
 
-    async def fund(self, wallet_id: uuid.UUID, amount: int, currency: str, reference: str,
-                   description: str) -> TransferResult:
+    async def fund(
+        self, wallet_id: uuid.UUID, amount: int, currency: str, reference: str, description: str
+    ) -> TransferResult:
         """Money entering the platform: funding account -> wallet."""
         funding = await self.system_wallet(SystemAccount.FUNDING, currency)
-        return await self.transfer(TransferOrder(
-            source_wallet_id=funding.wallet_id, destination_wallet_id=wallet_id, amount=amount,
-            currency=currency, reference=f"funding:{reference}", kind=TransactionKind.FUNDING,
-            description=description))
+        return await self.transfer(
+            TransferOrder(
+                source_wallet_id=funding.wallet_id,
+                destination_wallet_id=wallet_id,
+                amount=amount,
+                currency=currency,
+                reference=f"funding:{reference}",
+                kind=TransactionKind.FUNDING,
+                description=description,
+            )
+        )
 
     async def transfer(self, order: TransferOrder) -> TransferResult:
         """One balanced ledger transaction, idempotent on the order's reference.
@@ -102,12 +110,14 @@ class Ledger:
             updated = {}
             for wallet_id in sorted(wallets):
                 amount = -order.amount if wallet_id == order.source_wallet_id else order.amount
-                counterparty = (order.destination_wallet_id if amount < 0
-                                else order.source_wallet_id)
-                updated[wallet_id] = await repo.apply_entry(transaction_id, wallet_id, amount,
-                                                            counterparty)
-        return TransferResult(transaction_id, updated[order.source_wallet_id],
-                              updated[order.destination_wallet_id], replayed=False)
+                counterparty = order.destination_wallet_id if amount < 0 else order.source_wallet_id
+                updated[wallet_id] = await repo.apply_entry(transaction_id, wallet_id, amount, counterparty)
+        return TransferResult(
+            transaction_id,
+            updated[order.source_wallet_id],
+            updated[order.destination_wallet_id],
+            replayed=False,
+        )
 
     async def _replay(self, repo: LedgerRepository, order: TransferOrder) -> TransferResult:
         recorded = await repo.recorded_transfer(order.reference)
@@ -118,21 +128,24 @@ class Ledger:
             raise ReferenceReused(
                 f"reference {order.reference!r} was already used for a different transfer "
                 f"(differs in {', '.join(mismatched)})",
-                metadata={"reference": order.reference, "mismatched_fields": ",".join(mismatched)})
+                metadata={"reference": order.reference, "mismatched_fields": ",".join(mismatched)},
+            )
         source = await repo.get_wallet(first.source_wallet_id)
         destination = await repo.get_wallet(first.destination_wallet_id)
         assert source is not None and destination is not None
         return TransferResult(transaction_id, source, destination, replayed=True)
 
-    async def history(self, wallet_id: uuid.UUID, page_size: int,
-                      page_token: str) -> tuple[list[dict[str, Any]], str]:
+    async def history(
+        self, wallet_id: uuid.UUID, page_size: int, page_token: str
+    ) -> tuple[list[dict[str, Any]], str]:
         cursor = paging.decode(page_token)
         before = None
         if cursor is not None:
             if len(cursor) != 2 or cursor[0] != str(wallet_id) or not isinstance(cursor[1], int):
-                raise InvalidArgument("page_token belongs to another listing",
-                                      field_violations=[FieldViolation("page_token",
-                                                                       "not for this wallet")])
+                raise InvalidArgument(
+                    "page_token belongs to another listing",
+                    field_violations=[FieldViolation("page_token", "not for this wallet")],
+                )
             before = cursor[1]
         size = paging.page_size(page_size)
         async with self.db.transaction() as conn:
