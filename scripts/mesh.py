@@ -28,16 +28,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen" / "python")]
 
 import grpc  # noqa: E402
 import psycopg  # noqa: E402
-from google.api import annotations_pb2  # noqa: E402
-from google.protobuf import descriptor_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from psycopg import sql  # noqa: E402
 
+from scripts.gateway_config import envoy_config  # noqa: E402
 from services.framework.topology import PROFILES, SERVICES, Profile  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = ROOT / ".venv" / "bin"
-DESCRIPTORS = ROOT / "gen" / "descriptors.binpb"
 
 
 class Mesh:
@@ -410,163 +408,6 @@ class Mesh:
             ).stdout.strip()
             == "PONG"
         )
-
-
-def public_methods() -> dict[str, list[str]]:
-    """gRPC service name -> methods that carry a google.api.http rule (and so are public)."""
-    fds = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
-    wanted = {s.grpc_service for s in SERVICES}
-    out: dict[str, list[str]] = {}
-    for fd in fds.file:
-        for svc in fd.service:
-            full = f"{fd.package}.{svc.name}"
-            if full in wanted:
-                out[full] = [m.name for m in svc.method if m.options.HasExtension(annotations_pb2.http)]
-    return out
-
-
-def envoy_config(profile: Profile) -> dict:
-    public = public_methods()
-    routes = []
-    for spec in SERVICES:
-        for method in public.get(spec.grpc_service, []):
-            routes.append(
-                {
-                    "match": {"path": f"/{spec.grpc_service}/{method}"},
-                    "route": {"cluster": spec.name, "timeout": "30s"},
-                }
-            )
-    routes.append(
-        {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 404,
-                "body": {"inline_string": '{"code":5,"message":"no such route"}'},
-            },
-            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
-        }
-    )
-    clusters = [
-        {
-            "name": spec.name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                }
-            },
-            "load_assignment": {
-                "cluster_name": spec.name,
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {
-                                            "address": "127.0.0.1",
-                                            "port_value": profile.service_port(spec.name),
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-        for spec in SERVICES
-    ]
-    return {
-        "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": profile.envoy_admin_port}}
-        },
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "gateway",
-                    "address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": profile.gateway_port}
-                    },
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                        "http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "gateway",
-                                        "codec_type": "AUTO",
-                                        "access_log": [
-                                            {
-                                                "name": "envoy.access_loggers.stdout",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy.extensions.access_loggers."
-                                                    "stream.v3.StdoutAccessLog",
-                                                    "log_format": {
-                                                        "json_format": {
-                                                            "time": "%START_TIME%",
-                                                            "method": "%REQ(:METHOD)%",
-                                                            "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                                                            "grpc_path": "%REQ(:PATH)%",
-                                                            "status": "%RESPONSE_CODE%",
-                                                            "grpc_status": "%GRPC_STATUS%",
-                                                            "duration_ms": "%DURATION%",
-                                                            "traceparent": "%REQ(TRACEPARENT)%",
-                                                        }
-                                                    },
-                                                },
-                                            }
-                                        ],
-                                        "route_config": {
-                                            "name": "gateway",
-                                            "virtual_hosts": [
-                                                {"name": "interpay", "domains": ["*"], "routes": routes}
-                                            ],
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.grpc_json_transcoder",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http."
-                                                    "grpc_json_transcoder.v3.GrpcJsonTranscoder",
-                                                    "proto_descriptor": str(DESCRIPTORS),
-                                                    "services": sorted(public),
-                                                    "convert_grpc_status": True,
-                                                    "print_options": {
-                                                        "add_whitespace": False,
-                                                        "always_print_primitive_fields": True,
-                                                        "always_print_enums_as_ints": False,
-                                                        "preserve_proto_field_names": False,
-                                                    },
-                                                    "request_validation_options": {
-                                                        "reject_unknown_method": True,
-                                                        "reject_unknown_query_parameters": True,
-                                                        "reject_binding_body_field_collisions": True,
-                                                    },
-                                                },
-                                            },
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http."
-                                                    "router.v3.Router"
-                                                },
-                                            },
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": clusters,
-        },
-    }
 
 
 def main() -> int:

@@ -107,6 +107,7 @@ class ServiceApp:
         self.resources = list(resources)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.port = 0
 
     async def start(self) -> None:
         for resource in self.resources:
@@ -133,7 +134,7 @@ class ServiceApp:
             server,
             pool=_ReflectionPool(),
         )
-        server.add_insecure_port(self.config.listen_address)
+        self.port = server.add_insecure_port(self.config.listen_address)
         await server.start()
         self.server = server
         for name in ("", spec.grpc_service):
