@@ -7,9 +7,9 @@ import asyncio
 
 import grpc
 import pytest
-
 from interpay.vault.v1 import vault_service_pb2 as pb
 from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
+
 from services.framework import tracing
 from services.framework.config import ServiceConfig
 from services.framework.server import ServiceApp
