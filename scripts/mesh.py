@@ -150,11 +150,15 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             "INTERPAY_PROFILE": self.profile.name,
             "INTERPAY_GRPC_PORT": str(self.profile.service_port(name)),
+            "INTERPAY_METRICS_PORT": str(self.profile.metrics_port(name)),
             "INTERPAY_DATABASE_URL": self.database_url(name),
             "INTERPAY_REDIS_URL": f"redis://127.0.0.1:{self.profile.redis_port}/0",
         }
         for peer in spec.peers:
             env[f"INTERPAY_{peer.upper()}_ADDR"] = f"127.0.0.1:{self.profile.service_port(peer)}"
+        if name == "wallet":
+            env["INTERPAY_HOLD_EXPIRY_INTERVAL_SECONDS"] = "1"
+            env["INTERPAY_RECONCILE_INTERVAL_SECONDS"] = "30"
         if name == "users":
             env["INTERPAY_JWT_PRIVATE_KEY_FILE"] = str(self.jwt_key())
         return env

@@ -43,6 +43,7 @@ class ServiceConfig:
     shutdown_grace_seconds: float
     db_pool_max: int
     peer_deadline_seconds: float
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, service: str) -> ServiceConfig:
@@ -61,4 +62,5 @@ class ServiceConfig:
             shutdown_grace_seconds=float(integer("INTERPAY_SHUTDOWN_GRACE_SECONDS", 10)),
             db_pool_max=integer("INTERPAY_DB_POOL_MAX", 10),
             peer_deadline_seconds=float(integer("INTERPAY_PEER_DEADLINE_MS", 5000)) / 1000,
+            metrics_port=integer("INTERPAY_METRICS_PORT", 0),
         )

@@ -19,6 +19,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from yoyo import get_backend, read_migrations
 
+from services.framework import metrics
+
 log = logging.getLogger("interpay.db")
 
 
@@ -44,7 +46,16 @@ class Database:
             kwargs={"row_factory": dict_row, "autocommit": False},
         )
 
+    def pool_gauges(self) -> list[tuple[list[str], float]]:
+        stats = self.pool.get_stats()
+        return [
+            ([key], float(stats.get(key, 0))) for key in ("pool_size", "pool_available", "requests_waiting")
+        ]
+
     async def start(self) -> None:
+        metrics.register_gauge(
+            "interpay_db_pool", "Connection pool state, by statistic", ["stat"], self.pool_gauges
+        )
         if self.migrations_dir is not None:
             applied = await asyncio.to_thread(migrate, self.url, self.migrations_dir)
             log.info("migrations applied", extra={"count": applied})

@@ -60,8 +60,9 @@ async def abort(context: grpc.aio.ServicerContext, status: Any) -> None:
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, domain: str) -> None:
-        self.domain = domain
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.domain = f"{service}.interpay.dev"
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         method = handler_call_details.method

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from services.framework import errors, logs, tracing
+from services.framework import errors, logs, metrics, tracing
 from services.framework.config import ServiceConfig
 from services.framework.db import Database
 from services.framework.interceptors import RpcInterceptor, ValidationInterceptor
@@ -116,7 +116,7 @@ class ServiceApp:
         server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),
-                RpcInterceptor(domain=f"{spec.name}.interpay.dev"),
+                RpcInterceptor(spec.name),
                 ValidationInterceptor(),
             ],
             options=[("grpc.so_reuseport", 0)],
@@ -167,6 +167,7 @@ def run(service: str, build: Build) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         await app.start()
+        metrics.serve(config.listen_address.rsplit(":", 1)[0], config.metrics_port)
         await stopping.wait()
         log.info("draining")
         await app.stop()

@@ -139,7 +139,8 @@ BY_NAME = {spec.name: spec for spec in SERVICES}
 
 @dataclass(frozen=True)
 class Profile:
-    """The loopback ports of one local mesh; `dev` for make up/demo, `test` for make test."""
+    """The loopback ports of one local mesh: `dev` for make up/demo, `test` for make test,
+    `bench` for make bench, so the three never collide."""
 
     name: str
     gateway_port: int
@@ -147,13 +148,17 @@ class Profile:
     postgres_port: int
     redis_port: int
     first_service_port: int
-    supervisor_port: int
+    first_metrics_port: int  # each service's Prometheus /metrics, by the same index
 
     def service_port(self, name: str) -> int:
         return self.first_service_port + BY_NAME[name].index
 
+    def metrics_port(self, name: str) -> int:
+        return self.first_metrics_port + BY_NAME[name].index
+
 
 PROFILES = {
-    "dev": Profile("dev", 8080, 9901, 55432, 56379, 50051, 9001),
-    "test": Profile("test", 18080, 19901, 55532, 56479, 51051, 19001),
+    "dev": Profile("dev", 8080, 9901, 55432, 56379, 50051, 9101),
+    "test": Profile("test", 18080, 19901, 55532, 56479, 51051, 19101),
+    "bench": Profile("bench", 28080, 29901, 55632, 56579, 52051, 29101),
 }

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.framework.config import ServiceConfig
+from services.framework import metrics
+from services.framework.cache import Redis
+from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
+from services.framework.periodic import Periodic
 from services.framework.server import run
+from services.wallet.adapters.balance_cache import BalanceCache
 from services.wallet.entrypoints.grpc_api import WalletServicer
 from services.wallet.service_layer.ledger import Ledger
 
@@ -15,7 +19,36 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
-    return WalletServicer(Ledger(db)), [db]
+    redis = Redis(config.redis_url)
+    cache = BalanceCache(redis.client)
+    ledger = Ledger(db, cache)
+    last: dict[str, float] = {"mismatched": 0, "unbalanced": 0}
+
+    async def reconcile() -> None:
+        found = await ledger.reconcile()
+        last["mismatched"] = len(found.mismatched_wallet_ids)
+        last["unbalanced"] = len(found.unbalanced_transaction_ids)
+
+    metrics.register_gauge(
+        "interpay_ledger_reconciliation_mismatches",
+        "Wallets whose balance differs from their entries, and unbalanced "
+        "ledger transactions, at the last reconciliation",
+        ["kind"],
+        lambda: [([kind], value) for kind, value in last.items()],
+    )
+    metrics.register_gauge(
+        "interpay_cache_requests",
+        "Balance cache lookups, by result",
+        ["result"],
+        lambda: [(["hit"], cache.hits), (["miss"], cache.misses)],
+    )
+    jobs = [
+        Periodic(
+            "expire-holds", float(integer("INTERPAY_HOLD_EXPIRY_INTERVAL_SECONDS", 5)), ledger.expire_holds
+        ),
+        Periodic("reconcile-ledger", float(integer("INTERPAY_RECONCILE_INTERVAL_SECONDS", 60)), reconcile),
+    ]
+    return WalletServicer(ledger), [db, redis, *jobs]
 
 
 def main() -> None:

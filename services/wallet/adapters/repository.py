@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, errors
 
 from services.wallet.domain.model import (
+    Hold,
+    HoldState,
     OwnerType,
     TransactionKind,
     TransferOrder,
@@ -20,6 +23,26 @@ _WALLET_COLUMNS = (
     "wallet_id, owner_type, owner_id, currency, balance, available, pending, "
     "state, version, created_at, updated_at"
 )
+
+
+_HOLD_COLUMNS = (
+    "h.hold_id, h.wallet_id, h.amount, h.captured_amount, h.reference, h.state, "
+    "h.expires_at, h.created_at, w.currency"
+)
+
+
+def _hold(row: dict[str, Any]) -> Hold:
+    return Hold(
+        hold_id=row["hold_id"],
+        wallet_id=row["wallet_id"],
+        amount=row["amount"],
+        captured_amount=row["captured_amount"],
+        reference=row["reference"],
+        state=HoldState(row["state"]),
+        expires_at=row["expires_at"],
+        created_at=row["created_at"],
+        currency=row["currency"],
+    )
 
 
 def _wallet(row: dict[str, Any]) -> Wallet:
@@ -92,7 +115,9 @@ class LedgerRepository:
         )
         return {row["wallet_id"]: _wallet(row) for row in await cur.fetchall()}
 
-    async def claim_reference(self, transaction_id: uuid.UUID, order: TransferOrder) -> bool:
+    async def claim_reference(
+        self, transaction_id: uuid.UUID, order: TransferOrder, hold_id: uuid.UUID | None = None
+    ) -> bool:
         """Records the ledger transaction's header; False if the reference is already taken.
 
         A concurrent claim of the same reference waits here on the unique index until the
@@ -139,14 +164,23 @@ class LedgerRepository:
         )
 
     async def apply_entry(
-        self, transaction_id: uuid.UUID, wallet_id: uuid.UUID, amount: int, counterparty: uuid.UUID
+        self,
+        transaction_id: uuid.UUID,
+        wallet_id: uuid.UUID,
+        amount: int,
+        counterparty: uuid.UUID,
+        *,
+        available_delta: int | None = None,
+        pending_delta: int = 0,
     ) -> Wallet:
-        """Moves `amount` (signed) into a locked wallet's balance and writes its ledger entry."""
+        """Moves `amount` (signed) into a locked wallet's balance and writes its ledger entry.
+        By default the whole amount moves in `available`; a hold capture instead takes it
+        out of `pending` (and returns the uncaptured rest of the hold to `available`)."""
         cur = await self.conn.execute(
             f"UPDATE wallets SET balance = balance + %s, available = available + %s, "
-            f"version = version + 1, updated_at = now() WHERE wallet_id = %s "
-            f"RETURNING {_WALLET_COLUMNS}",
-            (amount, amount, wallet_id),
+            f"pending = pending + %s, version = version + 1, updated_at = now() "
+            f"WHERE wallet_id = %s RETURNING {_WALLET_COLUMNS}",
+            (amount, amount if available_delta is None else available_delta, pending_delta, wallet_id),
         )
         row = await cur.fetchone()
         assert row is not None  # the wallet is locked by this transaction
@@ -156,6 +190,100 @@ class LedgerRepository:
             (transaction_id, wallet_id, amount, row["balance"], counterparty),
         )
         return _wallet(row)
+
+    async def reserve(self, wallet_id: uuid.UUID, amount: int) -> Wallet:
+        """Moves `amount` from available to pending (negative to give it back)."""
+        cur = await self.conn.execute(
+            f"UPDATE wallets SET available = available - %s, pending = pending + %s, "
+            f"version = version + 1, updated_at = now() WHERE wallet_id = %s "
+            f"RETURNING {_WALLET_COLUMNS}",
+            (amount, amount, wallet_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return _wallet(row)
+
+    async def set_state(self, wallet_id: uuid.UUID, state: WalletState, reason: str) -> Wallet:
+        cur = await self.conn.execute(
+            f"UPDATE wallets SET state = %s, state_reason = %s, version = version + 1, "
+            f"updated_at = now() WHERE wallet_id = %s RETURNING {_WALLET_COLUMNS}",
+            (state.value, reason, wallet_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return _wallet(row)
+
+    async def insert_hold(
+        self, hold_id: uuid.UUID, wallet_id: uuid.UUID, amount: int, reference: str, expires_at: datetime
+    ) -> bool:
+        cur = await self.conn.execute(
+            "INSERT INTO wallet_holds (hold_id, wallet_id, reference, amount, expires_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING hold_id",
+            (hold_id, wallet_id, reference, amount, expires_at),
+        )
+        return await cur.fetchone() is not None
+
+    async def get_hold(
+        self, hold_id: uuid.UUID | None = None, *, reference: str | None = None, lock: bool = False
+    ) -> Hold | None:
+        where = "h.hold_id = %s" if hold_id is not None else "h.reference = %s"
+        cur = await self.conn.execute(
+            f"SELECT {_HOLD_COLUMNS} FROM wallet_holds h JOIN wallets w USING (wallet_id) "
+            f"WHERE {where}{' FOR UPDATE OF h' if lock else ''}",
+            (hold_id if hold_id is not None else reference,),
+        )
+        row = await cur.fetchone()
+        return _hold(row) if row else None
+
+    async def resolve_hold(
+        self,
+        hold_id: uuid.UUID,
+        state: HoldState,
+        captured_amount: int = 0,
+        capture_transaction_id: uuid.UUID | None = None,
+    ) -> Hold:
+        await self.conn.execute(
+            "UPDATE wallet_holds SET state = %s, captured_amount = %s, "
+            "capture_transaction_id = %s, resolved_at = now() WHERE hold_id = %s AND state = 'ACTIVE'",
+            (state.value, captured_amount, capture_transaction_id, hold_id),
+        )
+        hold = await self.get_hold(hold_id)
+        assert hold is not None
+        return hold
+
+    async def expired_holds(self, limit: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        cur = await self.conn.execute(
+            "SELECT hold_id, wallet_id FROM wallet_holds WHERE state = 'ACTIVE' "
+            "AND expires_at <= now() ORDER BY expires_at LIMIT %s",
+            (limit,),
+        )
+        return [(r["hold_id"], r["wallet_id"]) for r in await cur.fetchall()]
+
+    async def reconcile(self) -> dict[str, Any]:
+        """Σ entries = balance per wallet, Σ active holds = pending per wallet, and every
+        ledger transaction sums to zero; read in one snapshot by the caller."""
+        cur = await self.conn.execute(
+            "SELECT w.wallet_id FROM wallets w "
+            "LEFT JOIN (SELECT wallet_id, sum(amount) AS total FROM wallet_transactions "
+            "           GROUP BY wallet_id) e USING (wallet_id) "
+            "LEFT JOIN (SELECT wallet_id, sum(amount) AS held FROM wallet_holds "
+            "           WHERE state = 'ACTIVE' GROUP BY wallet_id) h USING (wallet_id) "
+            "WHERE w.balance <> coalesce(e.total, 0) OR w.pending <> coalesce(h.held, 0) "
+            "ORDER BY w.wallet_id"
+        )
+        mismatched = [r["wallet_id"] for r in await cur.fetchall()]
+        cur = await self.conn.execute(
+            "SELECT transaction_id FROM wallet_transactions GROUP BY transaction_id "
+            "HAVING sum(amount) <> 0 ORDER BY transaction_id"
+        )
+        unbalanced = [r["transaction_id"] for r in await cur.fetchall()]
+        cur = await self.conn.execute(
+            "SELECT (SELECT count(*) FROM wallets) AS wallets, "
+            "(SELECT count(*) FROM ledger_transactions) AS transactions"
+        )
+        counts = await cur.fetchone()
+        assert counts is not None
+        return {"mismatched": mismatched, "unbalanced": unbalanced, **counts}
 
     async def list_entries(
         self, wallet_id: uuid.UUID, limit: int, before_entry_id: int | None

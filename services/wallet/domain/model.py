@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from services.framework.errors import FailedPrecondition, NotFound
@@ -142,3 +142,130 @@ def reference_mismatches(order: TransferOrder, recorded: TransferOrder) -> list[
     """The request fields that differ from the transfer first recorded under a reference."""
     fields = ("source_wallet_id", "destination_wallet_id", "amount", "currency", "kind")
     return [f for f in fields if getattr(order, f) != getattr(recorded, f)]
+
+
+class HoldState(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    CAPTURED = "CAPTURED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True)
+class Hold:
+    hold_id: uuid.UUID
+    wallet_id: uuid.UUID
+    amount: int
+    captured_amount: int
+    reference: str
+    state: HoldState
+    expires_at: datetime
+    created_at: datetime
+    currency: str
+
+
+class HoldNotFound(NotFound):
+    default_reason = "HOLD_NOT_FOUND"
+
+    def __init__(self, hold_id: uuid.UUID) -> None:
+        super().__init__(f"hold {hold_id} does not exist", metadata={"hold_id": str(hold_id)})
+
+
+class HoldNotActive(FailedPrecondition):
+    default_reason = "HOLD_NOT_ACTIVE"
+
+    def __init__(self, hold: Hold, action: str) -> None:
+        super().__init__(
+            f"hold {hold.hold_id} is {hold.state.value} and cannot be {action}",
+            metadata={"hold_id": str(hold.hold_id), "state": hold.state.value},
+        )
+
+
+class CaptureExceedsHold(FailedPrecondition):
+    default_reason = "CAPTURE_EXCEEDS_HOLD"
+
+
+class WalletNotEmpty(FailedPrecondition):
+    default_reason = "WALLET_NOT_EMPTY"
+
+
+class SystemWalletImmutable(FailedPrecondition):
+    default_reason = "SYSTEM_WALLET"
+
+
+def check_place_hold(wallet: Wallet, amount: int, currency: str) -> None:
+    """A hold is a promise to send: only an ACTIVE, non-system wallet with the funds."""
+    if wallet.currency != currency:
+        raise CurrencyMismatch(
+            f"wallet {wallet.wallet_id} holds {wallet.currency}, not {currency}",
+            metadata={
+                "wallet_id": str(wallet.wallet_id),
+                "wallet_currency": wallet.currency,
+                "requested_currency": currency,
+            },
+        )
+    if wallet.is_system:
+        raise SystemWalletImmutable(
+            "holds cannot be placed on system wallets", metadata={"wallet_id": str(wallet.wallet_id)}
+        )
+    if wallet.state is not WalletState.ACTIVE:
+        raise WalletNotActive(
+            f"wallet {wallet.wallet_id} is {wallet.state.value} and cannot place holds",
+            metadata={"wallet_id": str(wallet.wallet_id), "state": wallet.state.value},
+        )
+    if wallet.available < amount:
+        raise InsufficientFunds(
+            f"wallet {wallet.wallet_id} has {wallet.available} {wallet.currency} available, {amount} needed",
+            metadata={
+                "wallet_id": str(wallet.wallet_id),
+                "available_minor": str(wallet.available),
+                "requested_minor": str(amount),
+                "currency": wallet.currency,
+            },
+        )
+
+
+def check_capture(
+    hold: Hold, amount: int, currency: str, source: Wallet, destination: Wallet, now: datetime
+) -> None:
+    """Capturing sends money: the hold must be live, the amount within it, and the wallets
+    able to take part (a FROZEN payer cannot pay; a CLOSED payee cannot be paid)."""
+    if hold.state is not HoldState.ACTIVE:
+        raise HoldNotActive(hold, "captured")
+    if hold.expires_at <= now:
+        raise HoldNotActive(replace(hold, state=HoldState.EXPIRED), "captured")
+    if amount > hold.amount:
+        raise CaptureExceedsHold(
+            f"capture of {amount} exceeds the {hold.amount} {hold.currency} held",
+            metadata={
+                "hold_id": str(hold.hold_id),
+                "held_minor": str(hold.amount),
+                "requested_minor": str(amount),
+            },
+        )
+    order = TransferOrder(
+        source.wallet_id, destination.wallet_id, amount, currency, hold.reference, TransactionKind.CAPTURE
+    )
+    check_transfer(order, replace(source, available=source.available + hold.amount), destination)
+
+
+def check_state_change(wallet: Wallet, target: WalletState) -> None:
+    if wallet.is_system:
+        raise SystemWalletImmutable(
+            "system wallets cannot be frozen or closed", metadata={"wallet_id": str(wallet.wallet_id)}
+        )
+    if wallet.state is WalletState.CLOSED and target is not WalletState.CLOSED:
+        raise WalletNotActive(
+            f"wallet {wallet.wallet_id} is CLOSED for good",
+            metadata={"wallet_id": str(wallet.wallet_id), "state": "CLOSED"},
+        )
+    if target is WalletState.CLOSED and (wallet.balance != 0 or wallet.pending != 0):
+        raise WalletNotEmpty(
+            f"wallet {wallet.wallet_id} still has a balance of {wallet.balance} and "
+            f"{wallet.pending} on hold; empty it first",
+            metadata={
+                "wallet_id": str(wallet.wallet_id),
+                "balance_minor": str(wallet.balance),
+                "pending_minor": str(wallet.pending),
+            },
+        )

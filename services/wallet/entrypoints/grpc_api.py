@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -10,11 +11,13 @@ from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 
 from services.wallet.domain.model import (
+    Hold,
     OwnerType,
     SystemAccount,
     TransactionKind,
     TransferOrder,
     Wallet,
+    WalletState,
 )
 from services.wallet.service_layer.ledger import Ledger, TransferResult
 
@@ -47,6 +50,19 @@ def wallet_pb(w: Wallet) -> pb.Wallet:
         version=w.version,
         create_time=_ts(w.created_at),
         update_time=_ts(w.updated_at),
+    )
+
+
+def hold_pb(h: Hold) -> pb.Hold:
+    return pb.Hold(
+        hold_id=str(h.hold_id),
+        wallet_id=str(h.wallet_id),
+        amount=Money(amount_minor=h.amount, currency=h.currency),
+        captured_amount=Money(amount_minor=h.captured_amount, currency=h.currency),
+        reference=h.reference,
+        state=pb.Hold.State.Value(f"STATE_{h.state.value}"),
+        expire_time=_ts(h.expires_at),
+        create_time=_ts(h.created_at),
     )
 
 
@@ -129,3 +145,58 @@ class WalletServicer:
         account = SystemAccount(pb.SystemAccount.Name(request.account).removeprefix("SYSTEM_ACCOUNT_"))
         wallet = await self.ledger.system_wallet(account, request.currency)
         return pb.GetSystemWalletResponse(wallet=wallet_pb(wallet))
+
+    async def PlaceHold(self, request: pb.PlaceHoldRequest, context: Any) -> pb.PlaceHoldResponse:
+        hold = await self.ledger.place_hold(
+            uuid.UUID(request.wallet_id),
+            request.amount.amount_minor,
+            request.amount.currency,
+            request.reference,
+            request.expire_time.ToDatetime(tzinfo=UTC),
+        )
+        return pb.PlaceHoldResponse(hold=hold_pb(hold))
+
+    async def CaptureHold(self, request: pb.CaptureHoldRequest, context: Any) -> pb.CaptureHoldResponse:
+        hold, transaction_id = await self.ledger.capture_hold(
+            uuid.UUID(request.hold_id),
+            uuid.UUID(request.destination_wallet_id),
+            request.amount.amount_minor,
+            request.amount.currency,
+            request.reference,
+        )
+        return pb.CaptureHoldResponse(hold=hold_pb(hold), transaction_id=str(transaction_id))
+
+    async def ReleaseHold(self, request: pb.ReleaseHoldRequest, context: Any) -> pb.ReleaseHoldResponse:
+        return pb.ReleaseHoldResponse(
+            hold=hold_pb(await self.ledger.release_hold(uuid.UUID(request.hold_id)))
+        )
+
+    async def GetHold(self, request: pb.GetHoldRequest, context: Any) -> pb.GetHoldResponse:
+        return pb.GetHoldResponse(hold=hold_pb(await self.ledger.get_hold(uuid.UUID(request.hold_id))))
+
+    async def FreezeWallet(self, request: pb.FreezeWalletRequest, context: Any) -> pb.FreezeWalletResponse:
+        wallet = await self.ledger.change_state(
+            uuid.UUID(request.wallet_id), WalletState.FROZEN, request.reason
+        )
+        return pb.FreezeWalletResponse(wallet=wallet_pb(wallet))
+
+    async def UnfreezeWallet(
+        self, request: pb.UnfreezeWalletRequest, context: Any
+    ) -> pb.UnfreezeWalletResponse:
+        wallet = await self.ledger.change_state(uuid.UUID(request.wallet_id), WalletState.ACTIVE, "")
+        return pb.UnfreezeWalletResponse(wallet=wallet_pb(wallet))
+
+    async def CloseWallet(self, request: pb.CloseWalletRequest, context: Any) -> pb.CloseWalletResponse:
+        wallet = await self.ledger.change_state(uuid.UUID(request.wallet_id), WalletState.CLOSED, "")
+        return pb.CloseWalletResponse(wallet=wallet_pb(wallet))
+
+    async def ReconcileLedger(
+        self, request: pb.ReconcileLedgerRequest, context: Any
+    ) -> pb.ReconcileLedgerResponse:
+        found = await self.ledger.reconcile()
+        return pb.ReconcileLedgerResponse(
+            wallets_checked=found.wallets_checked,
+            transactions_checked=found.transactions_checked,
+            mismatched_wallet_ids=[str(w) for w in found.mismatched_wallet_ids],
+            unbalanced_transaction_ids=[str(t) for t in found.unbalanced_transaction_ids],
+        )

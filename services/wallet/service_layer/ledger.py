@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from services.framework import paging
 from services.framework.db import Database
 from services.framework.errors import AlreadyExists, FieldViolation, InvalidArgument
+from services.wallet.adapters.balance_cache import BalanceCache
 from services.wallet.adapters.repository import LedgerRepository
 from services.wallet.domain.model import (
+    Hold,
+    HoldNotActive,
+    HoldNotFound,
+    HoldState,
     OwnerType,
     ReferenceReused,
     SystemAccount,
@@ -18,6 +26,10 @@ from services.wallet.domain.model import (
     TransferOrder,
     Wallet,
     WalletNotFound,
+    WalletState,
+    check_capture,
+    check_place_hold,
+    check_state_change,
     check_transfer,
     reference_mismatches,
     system_wallet_id,
@@ -32,9 +44,30 @@ class TransferResult:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class Reconciliation:
+    wallets_checked: int
+    transactions_checked: int
+    mismatched_wallet_ids: list[uuid.UUID]
+    unbalanced_transaction_ids: list[uuid.UUID]
+
+
 class Ledger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: BalanceCache | None = None) -> None:
         self.db = db
+        self.cache = cache
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[tuple[LedgerRepository, list[Wallet]]]:
+        """One transaction that changes wallets: the use case appends each changed wallet
+        to the list; they are marked dirty in the cache before COMMIT and stored after."""
+        changed: list[Wallet] = []
+        async with self.db.transaction() as conn:
+            yield LedgerRepository(conn), changed
+            if changed and self.cache:
+                await self.cache.mark_dirty(changed)
+        if changed and self.cache:
+            await self.cache.store(changed, role="writer")
 
     async def create_wallet(self, owner_type: OwnerType, owner_id: str, currency: str) -> Wallet:
         async with self.db.transaction() as conn:
@@ -48,10 +81,14 @@ class Ledger:
         return wallet
 
     async def get_wallet(self, wallet_id: uuid.UUID) -> Wallet:
+        if self.cache and (cached := await self.cache.get(wallet_id)) is not None:
+            return cached
         async with self.db.transaction() as conn:
             wallet = await LedgerRepository(conn).get_wallet(wallet_id)
         if wallet is None:
             raise WalletNotFound(wallet_id)
+        if self.cache:
+            await self.cache.store([wallet], role="reader")
         return wallet
 
     async def list_wallets(self, owner_type: OwnerType, owner_id: str) -> list[Wallet]:
@@ -94,8 +131,7 @@ class Ledger:
         finds the reference taken and replays). A hot destination wallet serialises only
         its own row update and entry insert; nothing is retried, so contention costs
         waiting, never errors."""
-        async with self.db.transaction() as conn:
-            repo = LedgerRepository(conn)
+        async with self._writing() as (repo, changed):
             wallets = await repo.lock_wallets([order.source_wallet_id, order.destination_wallet_id])
             for wallet_id in (order.source_wallet_id, order.destination_wallet_id):
                 if wallet_id not in wallets:
@@ -112,6 +148,7 @@ class Ledger:
                 amount = -order.amount if wallet_id == order.source_wallet_id else order.amount
                 counterparty = order.destination_wallet_id if amount < 0 else order.source_wallet_id
                 updated[wallet_id] = await repo.apply_entry(transaction_id, wallet_id, amount, counterparty)
+            changed.extend(updated.values())
         return TransferResult(
             transaction_id,
             updated[order.source_wallet_id],
@@ -158,3 +195,148 @@ class Ledger:
             rows = rows[:size]
             next_token = paging.encode([str(wallet_id), rows[-1]["entry_id"]])
         return rows, next_token
+
+    # -- holds --------------------------------------------------------------------------
+    async def place_hold(
+        self, wallet_id: uuid.UUID, amount: int, currency: str, reference: str, expires_at: datetime
+    ) -> Hold:
+        """Reserves funds; idempotent on `reference` (a retry returns the first hold)."""
+        async with self._writing() as (repo, changed):
+            wallets = await repo.lock_wallets([wallet_id])
+            if wallet_id not in wallets:
+                raise WalletNotFound(wallet_id)
+            hold_id = uuid.uuid4()
+            if not await repo.insert_hold(hold_id, wallet_id, amount, reference, expires_at):
+                first = await repo.get_hold(reference=reference)
+                assert first is not None
+                mismatched = [
+                    name
+                    for name, same in (
+                        ("wallet_id", first.wallet_id == wallet_id),
+                        ("amount", first.amount == amount),
+                        ("currency", first.currency == currency),
+                    )
+                    if not same
+                ]
+                if mismatched:
+                    raise ReferenceReused(
+                        f"reference {reference!r} already placed a different hold "
+                        f"(differs in {', '.join(mismatched)})",
+                        metadata={"reference": reference, "mismatched_fields": ",".join(mismatched)},
+                    )
+                return first
+            check_place_hold(wallets[wallet_id], amount, currency)
+            changed.append(await repo.reserve(wallet_id, amount))
+            hold = await repo.get_hold(hold_id)
+        assert hold is not None
+        return hold
+
+    async def get_hold(self, hold_id: uuid.UUID) -> Hold:
+        async with self.db.transaction() as conn:
+            hold = await LedgerRepository(conn).get_hold(hold_id)
+        if hold is None:
+            raise HoldNotFound(hold_id)
+        return hold
+
+    async def capture_hold(
+        self, hold_id: uuid.UUID, destination_wallet_id: uuid.UUID, amount: int, currency: str, reference: str
+    ) -> tuple[Hold, uuid.UUID]:
+        """Moves `amount` of the hold to the destination and releases the rest, once.
+
+        Locks in the ledger's one order: both wallets (ascending id), then the hold row."""
+        hold = await self.get_hold(hold_id)
+        async with self._writing() as (repo, changed):
+            wallets = await repo.lock_wallets([hold.wallet_id, destination_wallet_id])
+            if destination_wallet_id not in wallets:
+                raise WalletNotFound(destination_wallet_id)
+            hold = await repo.get_hold(hold_id, lock=True)
+            assert hold is not None
+            order = TransferOrder(
+                hold.wallet_id, destination_wallet_id, amount, currency, reference, TransactionKind.CAPTURE
+            )
+            recorded = await repo.recorded_transfer(reference)
+            if recorded is not None:
+                transaction_id, first = recorded
+                mismatched = reference_mismatches(order, first)
+                if mismatched or hold.state is not HoldState.CAPTURED:
+                    raise ReferenceReused(
+                        f"reference {reference!r} was already used for another movement",
+                        metadata={
+                            "reference": reference,
+                            "mismatched_fields": ",".join(mismatched or ["hold_id"]),
+                        },
+                    )
+                return hold, transaction_id
+            source, destination = wallets[hold.wallet_id], wallets[destination_wallet_id]
+            check_capture(hold, amount, currency, source, destination, datetime.now(UTC))
+            transaction_id = uuid.uuid4()
+            claimed = await repo.claim_reference(transaction_id, order, hold_id=hold_id)
+            assert claimed  # checked above under the wallet locks
+            changed.append(
+                await repo.apply_entry(
+                    transaction_id,
+                    source.wallet_id,
+                    -amount,
+                    destination_wallet_id,
+                    available_delta=hold.amount - amount,
+                    pending_delta=-hold.amount,
+                )
+            )
+            changed.append(
+                await repo.apply_entry(transaction_id, destination_wallet_id, amount, source.wallet_id)
+            )
+            hold = await repo.resolve_hold(hold_id, HoldState.CAPTURED, amount, transaction_id)
+        return hold, transaction_id
+
+    async def release_hold(self, hold_id: uuid.UUID, *, expired: bool = False) -> Hold:
+        """Returns an active hold's funds to available. Releasing a released hold again
+        returns it unchanged (retry-safe); a captured or expired hold is refused."""
+        hold = await self.get_hold(hold_id)
+        async with self._writing() as (repo, changed):
+            await repo.lock_wallets([hold.wallet_id])
+            hold = await repo.get_hold(hold_id, lock=True)
+            assert hold is not None
+            if hold.state is not HoldState.ACTIVE:
+                if hold.state is HoldState.RELEASED and not expired:
+                    return hold
+                if expired:
+                    return hold  # someone resolved it first; nothing to expire
+                raise HoldNotActive(hold, "released")
+            if expired and hold.expires_at > datetime.now(UTC):
+                return hold
+            changed.append(await repo.reserve(hold.wallet_id, -hold.amount))
+            hold = await repo.resolve_hold(hold_id, HoldState.EXPIRED if expired else HoldState.RELEASED)
+        return hold
+
+    async def expire_holds(self, batch: int = 100) -> int:
+        """Releases the holds past their expiry; run periodically by every replica (each
+        hold is re-checked under its locks, so replicas racing on one hold are harmless)."""
+        async with self.db.transaction() as conn:
+            due = await LedgerRepository(conn).expired_holds(batch)
+        for hold_id, _ in due:
+            await self.release_hold(hold_id, expired=True)
+        return len(due)
+
+    # -- wallet lifecycle ---------------------------------------------------------------
+    async def change_state(self, wallet_id: uuid.UUID, target: WalletState, reason: str) -> Wallet:
+        async with self._writing() as (repo, changed):
+            wallets = await repo.lock_wallets([wallet_id])
+            if wallet_id not in wallets:
+                raise WalletNotFound(wallet_id)
+            wallet = wallets[wallet_id]
+            check_state_change(wallet, target)
+            if wallet.state is target:
+                return wallet  # already there: retry-safe
+            wallet = await repo.set_state(wallet_id, target, reason)
+            changed.append(wallet)
+        return wallet
+
+    # -- reconciliation -----------------------------------------------------------------
+    async def reconcile(self) -> Reconciliation:
+        async with self.db.transaction() as conn:
+            # One consistent snapshot: balances and entries as of the same instant.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            found = await LedgerRepository(conn).reconcile()
+        return Reconciliation(
+            found["wallets"], found["transactions"], found["mismatched"], found["unbalanced"]
+        )

@@ -72,6 +72,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The named transfer does not exist."""
     ERROR_REASON_TRANSFER_FAILED: _ErrorReason.ValueType  # 22
     """The transfer failed earlier for a reason that was not recorded in detail."""
+    ERROR_REASON_HOLD_NOT_FOUND: _ErrorReason.ValueType  # 23
+    """The named hold does not exist."""
+    ERROR_REASON_HOLD_NOT_ACTIVE: _ErrorReason.ValueType  # 24
+    """The hold has already been captured, released or expired; a hold resolves once."""
+    ERROR_REASON_CAPTURE_EXCEEDS_HOLD: _ErrorReason.ValueType  # 25
+    """The capture asks for more than the hold reserved."""
+    ERROR_REASON_WALLET_NOT_EMPTY: _ErrorReason.ValueType  # 26
+    """The wallet still holds money or has open holds, so it cannot be closed."""
+    ERROR_REASON_SYSTEM_WALLET: _ErrorReason.ValueType  # 27
+    """System wallets are operated by the platform and cannot be frozen or closed."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons InterPay puts in the
@@ -131,4 +141,14 @@ ERROR_REASON_TRANSFER_NOT_FOUND: ErrorReason.ValueType  # 21
 """The named transfer does not exist."""
 ERROR_REASON_TRANSFER_FAILED: ErrorReason.ValueType  # 22
 """The transfer failed earlier for a reason that was not recorded in detail."""
+ERROR_REASON_HOLD_NOT_FOUND: ErrorReason.ValueType  # 23
+"""The named hold does not exist."""
+ERROR_REASON_HOLD_NOT_ACTIVE: ErrorReason.ValueType  # 24
+"""The hold has already been captured, released or expired; a hold resolves once."""
+ERROR_REASON_CAPTURE_EXCEEDS_HOLD: ErrorReason.ValueType  # 25
+"""The capture asks for more than the hold reserved."""
+ERROR_REASON_WALLET_NOT_EMPTY: ErrorReason.ValueType  # 26
+"""The wallet still holds money or has open holds, so it cannot be closed."""
+ERROR_REASON_SYSTEM_WALLET: ErrorReason.ValueType  # 27
+"""System wallets are operated by the platform and cannot be frozen or closed."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
