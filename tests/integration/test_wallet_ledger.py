@@ -285,7 +285,8 @@ async def test_a_cached_balance_is_never_stale_after_a_commit(wallet, profile) -
     finally:
         stop.set()
         await background
-    metrics = httpx.get(f"http://127.0.0.1:{profile.metrics_port('wallet')}/metrics").text
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{profile.metrics_port('wallet')}/metrics")).text
     hits = next(
         line for line in metrics.splitlines() if line.startswith('interpay_cache_requests{result="hit"}')
     )
