@@ -27,21 +27,27 @@ log = logging.getLogger("interpay.wallet.cache")
 DATA_TTL_SECONDS = 30
 MARKER_TTL_SECONDS = 10
 
-# KEYS[1] the wallet key; ARGV: version, payload ('' for a dirty marker), role ('reader' or
-# 'writer'), ttl. Entries are "<version>|<payload>" or "<version>|dirty".
+# KEYS: the wallets' keys; ARGV: role ('reader' or 'writer'), ttl, then per key its version
+# and payload ('' for a dirty marker). Entries are "<version>|<payload>" or "<version>|dirty".
+# One call per change, so a writer adds one Redis round trip, not one per wallet.
 _STORE = """
-local current = redis.call('GET', KEYS[1])
-local version = tonumber(ARGV[1])
-if current then
-  local sep = string.find(current, '|', 1, true)
-  local held = tonumber(string.sub(current, 1, sep - 1))
-  local dirty = string.sub(current, sep + 1) == 'dirty'
-  if ARGV[3] == 'reader' and (dirty or held >= version) then return 0 end
-  if ARGV[3] == 'writer' and held > version then return 0 end
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[1 + 2 * i])
+  local payload = ARGV[2 + 2 * i]
+  local current = redis.call('GET', key)
+  local allowed = true
+  if current then
+    local sep = string.find(current, '|', 1, true)
+    local held = tonumber(string.sub(current, 1, sep - 1))
+    local dirty = string.sub(current, sep + 1) == 'dirty'
+    if ARGV[1] == 'reader' and (dirty or held >= version) then allowed = false end
+    if ARGV[1] == 'writer' and held > version then allowed = false end
+  end
+  if allowed then
+    if payload == '' then payload = 'dirty' end
+    redis.call('SET', key, version .. '|' .. payload, 'EX', ARGV[2])
+  end
 end
-local payload = ARGV[2]
-if payload == '' then payload = 'dirty' end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. payload, 'EX', ARGV[4])
 return 1
 """
 
@@ -106,15 +112,16 @@ class BalanceCache:
 
     async def mark_dirty(self, wallets: Iterable[Wallet]) -> None:
         """Inside the writing transaction, before COMMIT, with the versions it will commit."""
-        for w in wallets:
-            await self._run(w.wallet_id, w.version, "", "writer", MARKER_TTL_SECONDS)
+        await self._run([(w, "") for w in wallets], "writer", MARKER_TTL_SECONDS)
 
     async def store(self, wallets: Iterable[Wallet], *, role: str) -> None:
-        for w in wallets:
-            await self._run(w.wallet_id, w.version, _encode(w), role, DATA_TTL_SECONDS)
+        await self._run([(w, _encode(w)) for w in wallets], role, DATA_TTL_SECONDS)
 
-    async def _run(self, wallet_id: uuid.UUID, version: int, payload: str, role: str, ttl: int) -> None:
+    async def _run(self, entries: list[tuple[Wallet, str]], role: str, ttl: int) -> None:
+        args: list[str | int] = [role, ttl]
+        for wallet, payload in entries:
+            args += [wallet.version, payload]
         try:
-            await self._store(keys=[_key(wallet_id)], args=[version, payload, role, ttl])
+            await self._store(keys=[_key(w.wallet_id) for w, _ in entries], args=args)
         except RedisError as exc:
             log.warning("balance cache unavailable", extra={"error": str(exc)})
