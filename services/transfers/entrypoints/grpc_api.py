@@ -5,18 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from interpay.common.v1.money_pb2 import Money
 from interpay.transfers.v1 import transfers_service_pb2 as pb
 
+from services.framework.proto import timestamp
 from services.transfers.domain.model import Transfer, TransferRequest
 from services.transfers.service_layer.transfers import Transfers
-
-
-def _ts(value: Any) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def transfer_pb(t: Transfer) -> pb.Transfer:
@@ -29,8 +23,8 @@ def transfer_pb(t: Transfer) -> pb.Transfer:
         state=pb.Transfer.State.Value(f"STATE_{t.state}"),
         failure_reason=t.failure_reason or "",
         ledger_transaction_id=str(t.ledger_transaction_id or ""),
-        create_time=_ts(t.created_at),
-        update_time=_ts(t.updated_at),
+        create_time=timestamp(t.created_at),
+        update_time=timestamp(t.updated_at),
     )
 
 

@@ -5,18 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from interpay.users.v1 import users_service_pb2 as pb
 
+from services.framework.proto import timestamp
 from services.users.adapters.tokens import TokenIssuer
 from services.users.domain.model import User
 from services.users.service_layer.identity import Identity
-
-
-def _ts(value: Any) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def user_pb(u: User) -> pb.User:
@@ -32,8 +26,8 @@ def user_pb(u: User) -> pb.User:
             version=u.profile_version,
         ),
         kyc_level=u.kyc_level,
-        create_time=_ts(u.created_at),
-        update_time=_ts(u.updated_at),
+        create_time=timestamp(u.created_at),
+        update_time=timestamp(u.updated_at),
     )
 
 

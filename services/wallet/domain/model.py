@@ -103,38 +103,46 @@ class ReferenceReused(FailedPrecondition):
     default_reason = "IDEMPOTENCY_MISMATCH"
 
 
+def require_currency(wallet: Wallet, currency: str) -> None:
+    if wallet.currency != currency:
+        raise CurrencyMismatch(
+            f"wallet {wallet.wallet_id} holds {wallet.currency}, not {currency}",
+            metadata={
+                "wallet_id": str(wallet.wallet_id),
+                "wallet_currency": wallet.currency,
+                "requested_currency": currency,
+            },
+        )
+
+
+def require_can_send(wallet: Wallet, amount: int, action: str = "send money") -> None:
+    """An ACTIVE wallet with the funds available (a system account may go negative)."""
+    if wallet.state is not WalletState.ACTIVE:
+        raise WalletNotActive(
+            f"wallet {wallet.wallet_id} is {wallet.state.value} and cannot {action}",
+            metadata={"wallet_id": str(wallet.wallet_id), "state": wallet.state.value},
+        )
+    if not wallet.is_system and wallet.available < amount:
+        raise InsufficientFunds(
+            f"wallet {wallet.wallet_id} has {wallet.available} {wallet.currency} available, {amount} needed",
+            metadata={
+                "wallet_id": str(wallet.wallet_id),
+                "available_minor": str(wallet.available),
+                "requested_minor": str(amount),
+                "currency": wallet.currency,
+            },
+        )
+
+
 def check_transfer(order: TransferOrder, source: Wallet, destination: Wallet) -> None:
     """The rules every movement obeys; raises the first refusal that applies."""
-    for wallet in (source, destination):
-        if wallet.currency != order.currency:
-            raise CurrencyMismatch(
-                f"wallet {wallet.wallet_id} holds {wallet.currency}, not {order.currency}",
-                metadata={
-                    "wallet_id": str(wallet.wallet_id),
-                    "wallet_currency": wallet.currency,
-                    "requested_currency": order.currency,
-                },
-            )
-    if source.state is not WalletState.ACTIVE:
-        raise WalletNotActive(
-            f"wallet {source.wallet_id} is {source.state.value} and cannot send money",
-            metadata={"wallet_id": str(source.wallet_id), "state": source.state.value},
-        )
+    require_currency(source, order.currency)
+    require_currency(destination, order.currency)
+    require_can_send(source, order.amount)
     if destination.state is WalletState.CLOSED:
         raise WalletNotActive(
             f"wallet {destination.wallet_id} is CLOSED and cannot receive money",
             metadata={"wallet_id": str(destination.wallet_id), "state": "CLOSED"},
-        )
-    if not source.is_system and source.available < order.amount:
-        raise InsufficientFunds(
-            f"wallet {source.wallet_id} has {source.available} {source.currency} available, "
-            f"{order.amount} needed",
-            metadata={
-                "wallet_id": str(source.wallet_id),
-                "available_minor": str(source.available),
-                "requested_minor": str(order.amount),
-                "currency": source.currency,
-            },
         )
 
 
@@ -195,34 +203,12 @@ class SystemWalletImmutable(FailedPrecondition):
 
 def check_place_hold(wallet: Wallet, amount: int, currency: str) -> None:
     """A hold is a promise to send: only an ACTIVE, non-system wallet with the funds."""
-    if wallet.currency != currency:
-        raise CurrencyMismatch(
-            f"wallet {wallet.wallet_id} holds {wallet.currency}, not {currency}",
-            metadata={
-                "wallet_id": str(wallet.wallet_id),
-                "wallet_currency": wallet.currency,
-                "requested_currency": currency,
-            },
-        )
+    require_currency(wallet, currency)
     if wallet.is_system:
         raise SystemWalletImmutable(
             "holds cannot be placed on system wallets", metadata={"wallet_id": str(wallet.wallet_id)}
         )
-    if wallet.state is not WalletState.ACTIVE:
-        raise WalletNotActive(
-            f"wallet {wallet.wallet_id} is {wallet.state.value} and cannot place holds",
-            metadata={"wallet_id": str(wallet.wallet_id), "state": wallet.state.value},
-        )
-    if wallet.available < amount:
-        raise InsufficientFunds(
-            f"wallet {wallet.wallet_id} has {wallet.available} {wallet.currency} available, {amount} needed",
-            metadata={
-                "wallet_id": str(wallet.wallet_id),
-                "available_minor": str(wallet.available),
-                "requested_minor": str(amount),
-                "currency": wallet.currency,
-            },
-        )
+    require_can_send(wallet, amount, "place holds")
 
 
 def check_capture(

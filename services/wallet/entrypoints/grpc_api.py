@@ -6,10 +6,10 @@ import uuid
 from datetime import UTC
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 
+from services.framework.proto import timestamp
 from services.wallet.domain.model import (
     Hold,
     OwnerType,
@@ -31,12 +31,6 @@ _KINDS_PB = {kind: pb.TransactionKind.Value(f"TRANSACTION_KIND_{kind.value}") fo
 _KINDS = {v: k for k, v in _KINDS_PB.items()}
 
 
-def _ts(value: Any) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def wallet_pb(w: Wallet) -> pb.Wallet:
     return pb.Wallet(
         wallet_id=str(w.wallet_id),
@@ -48,8 +42,8 @@ def wallet_pb(w: Wallet) -> pb.Wallet:
         pending=Money(amount_minor=w.pending, currency=w.currency),
         state=pb.Wallet.State.Value(f"STATE_{w.state.value}"),
         version=w.version,
-        create_time=_ts(w.created_at),
-        update_time=_ts(w.updated_at),
+        create_time=timestamp(w.created_at),
+        update_time=timestamp(w.updated_at),
     )
 
 
@@ -61,8 +55,8 @@ def hold_pb(h: Hold) -> pb.Hold:
         captured_amount=Money(amount_minor=h.captured_amount, currency=h.currency),
         reference=h.reference,
         state=pb.Hold.State.Value(f"STATE_{h.state.value}"),
-        expire_time=_ts(h.expires_at),
-        create_time=_ts(h.created_at),
+        expire_time=timestamp(h.expires_at),
+        create_time=timestamp(h.created_at),
     )
 
 
@@ -101,7 +95,7 @@ class WalletServicer:
                     reference=r["reference"],
                     counterparty_wallet_id=str(r["counterparty_wallet_id"]),
                     description=r["description"],
-                    create_time=_ts(r["created_at"]),
+                    create_time=timestamp(r["created_at"]),
                 )
                 for r in rows
             ],
