@@ -291,3 +291,21 @@ async def test_a_cached_balance_is_never_stale_after_a_commit(wallet, profile) -
         line for line in metrics.splitlines() if line.startswith('interpay_cache_requests{result="hit"}')
     )
     assert float(hits.split()[-1]) > 0, "the cache was never used"
+
+
+async def test_a_retry_of_a_transfer_that_emptied_the_wallet_replays_it(wallet) -> None:  # type: ignore[no-untyped-def]
+    a, b = await open_wallet(wallet, 700), await open_wallet(wallet)
+    request = pb.TransferFundsRequest(
+        source_wallet_id=a, destination_wallet_id=b, amount=money(700), reference=str(uuid.uuid4())
+    )
+    first, *retries = await asyncio.gather(*(wallet.TransferFunds(request) for _ in range(4)))
+    assert {r.transaction_id for r in retries} == {first.transaction_id}
+    later = await wallet.TransferFunds(request)  # the wallet is empty now: still a replay
+    assert later.transaction_id == first.transaction_id
+    assert await amounts(wallet, a) == (0, 0, 0) and await amounts(wallet, b) == (700, 700, 0)
+    await refused(
+        wallet.TransferFunds(
+            pb.TransferFundsRequest(**{**_fields(request), "reference": "x" + request.reference})
+        ),
+        "INSUFFICIENT_FUNDS",
+    )

@@ -1,12 +1,18 @@
 """Wallet balances cached in Redis (cache-aside, short TTL), never stale after a commit.
 
-A writer marks each wallet it changes as dirty, with the version it is about to commit,
-before committing; after the commit it stores the new snapshot. Readers never use a
-dirty entry and never overwrite a dirty entry or a newer version, so a reader that read
-the database just before a commit cannot put the old balance back. If a writer dies
-between commit and store, the marker expires in seconds and readers go to the database
-meanwhile. Redis being down only costs the cache: reads fall back to PostgreSQL, which
-stays the source of truth.
+Each wallet is one hash `wallet:<id>:balance` with the cached snapshot (`d`), its version
+(`v`) and the number of writers in flight (`w`). A writer announces itself (`w` + 1)
+before it touches the database and, after its transaction ends, leaves (`w` - 1) and
+stores its committed snapshot unless a newer one is there. Readers use the snapshot only
+while no writer is in flight, and may fill the cache only when no writer is in flight and
+nothing newer is cached. So a reader can never see, or put back, a balance older than the
+last commit. A writer that dies in flight leaves `w` raised until the hash's TTL expires:
+reads go to PostgreSQL meanwhile, which is slower, never wrong. If Redis is down, reads go
+to PostgreSQL; a write during a Redis outage cannot announce itself, so a snapshot cached
+before the outage can outlive it by at most its TTL.
+
+Nothing here runs while wallet rows are locked: the announcement comes before the
+transaction, the store after it, so Redis latency never lengthens a hot wallet's queue.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import redis.asyncio as redis
@@ -24,30 +30,38 @@ from services.wallet.domain.model import OwnerType, Wallet, WalletState
 
 log = logging.getLogger("interpay.wallet.cache")
 
-DATA_TTL_SECONDS = 30
-MARKER_TTL_SECONDS = 10
+TTL_SECONDS = 30
 
-# KEYS: the wallets' keys; ARGV: role ('reader' or 'writer'), ttl, then per key its version
-# and payload ('' for a dirty marker). Entries are "<version>|<payload>" or "<version>|dirty".
-# One call per change, so a writer adds one Redis round trip, not one per wallet.
-_STORE = """
-for i, key in ipairs(KEYS) do
-  local version = tonumber(ARGV[1 + 2 * i])
-  local payload = ARGV[2 + 2 * i]
-  local current = redis.call('GET', key)
-  local allowed = true
-  if current then
-    local sep = string.find(current, '|', 1, true)
-    local held = tonumber(string.sub(current, 1, sep - 1))
-    local dirty = string.sub(current, sep + 1) == 'dirty'
-    if ARGV[1] == 'reader' and (dirty or held >= version) then allowed = false end
-    if ARGV[1] == 'writer' and held > version then allowed = false end
-  end
-  if allowed then
-    if payload == '' then payload = 'dirty' end
-    redis.call('SET', key, version .. '|' .. payload, 'EX', ARGV[2])
-  end
+_BEGIN = """
+for _, key in ipairs(KEYS) do
+  redis.call('HINCRBY', key, 'w', 1)
+  redis.call('EXPIRE', key, ARGV[1])
 end
+return 1
+"""
+
+# ARGV: ttl, then per key: version and snapshot ('' when the writer committed nothing).
+_END = """
+for i, key in ipairs(KEYS) do
+  local writers = redis.call('HINCRBY', key, 'w', -1)
+  if writers < 0 then redis.call('HSET', key, 'w', 0) end
+  local version = tonumber(ARGV[2 * i])
+  local held = tonumber(redis.call('HGET', key, 'v') or '0')
+  if ARGV[2 * i + 1] ~= '' and version > held then
+    redis.call('HSET', key, 'v', version, 'd', ARGV[2 * i + 1])
+  end
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return 1
+"""
+
+# ARGV: ttl, version, snapshot.
+_FILL = """
+local writers = tonumber(redis.call('HGET', KEYS[1], 'w') or '0')
+local held = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if writers > 0 or held >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'w', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -74,7 +88,7 @@ def _encode(w: Wallet) -> str:
     )
 
 
-def _decode(raw: str) -> Wallet:
+def _decode(raw: bytes) -> Wallet:
     f = json.loads(raw)
     return Wallet(
         uuid.UUID(f[0]),
@@ -94,34 +108,42 @@ def _decode(raw: str) -> Wallet:
 class BalanceCache:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._store = client.register_script(_STORE)
+        self._begin = client.register_script(_BEGIN)
+        self._end = client.register_script(_END)
+        self._fill = client.register_script(_FILL)
         self.hits = 0
         self.misses = 0
 
     async def get(self, wallet_id: uuid.UUID) -> Wallet | None:
         try:
-            raw = await self.client.get(_key(wallet_id))
+            writers, snapshot = await self.client.hmget(_key(wallet_id), ["w", "d"])
         except RedisError as exc:
             log.warning("balance cache unavailable", extra={"error": str(exc)})
-            raw = None
-        if raw is None or raw.endswith(b"|dirty"):
+            writers, snapshot = None, None
+        if snapshot is None or int(writers or 0) > 0:
             self.misses += 1
             return None
         self.hits += 1
-        return _decode(raw.split(b"|", 1)[1].decode())
+        return _decode(snapshot)
 
-    async def mark_dirty(self, wallets: Iterable[Wallet]) -> None:
-        """Inside the writing transaction, before COMMIT, with the versions it will commit."""
-        await self._run([(w, "") for w in wallets], "writer", MARKER_TTL_SECONDS)
+    async def fill(self, wallet: Wallet) -> None:
+        await self._call(self._fill, [_key(wallet.wallet_id)], [TTL_SECONDS, wallet.version, _encode(wallet)])
 
-    async def store(self, wallets: Iterable[Wallet], *, role: str) -> None:
-        await self._run([(w, _encode(w)) for w in wallets], role, DATA_TTL_SECONDS)
+    async def begin_write(self, wallet_ids: Sequence[uuid.UUID]) -> bool:
+        return await self._call(self._begin, [_key(w) for w in wallet_ids], [TTL_SECONDS])
 
-    async def _run(self, entries: list[tuple[Wallet, str]], role: str, ttl: int) -> None:
-        args: list[str | int] = [role, ttl]
-        for wallet, payload in entries:
-            args += [wallet.version, payload]
+    async def end_write(self, wallet_ids: Sequence[uuid.UUID], committed: Iterable[Wallet]) -> None:
+        snapshots = {w.wallet_id: w for w in committed}
+        args: list[str | int] = [TTL_SECONDS]
+        for wallet_id in wallet_ids:
+            wallet = snapshots.get(wallet_id)
+            args += [wallet.version, _encode(wallet)] if wallet else [0, ""]
+        await self._call(self._end, [_key(w) for w in wallet_ids], args)
+
+    async def _call(self, script, keys: list[str], args: list[str | int]) -> bool:  # type: ignore[no-untyped-def]
         try:
-            await self._store(keys=[_key(w.wallet_id) for w, _ in entries], args=args)
+            await script(keys=keys, args=args)
+            return True
         except RedisError as exc:
             log.warning("balance cache unavailable", extra={"error": str(exc)})
+            return False

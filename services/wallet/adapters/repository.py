@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection
 
 from services.wallet.domain.model import (
     Hold,
@@ -15,7 +16,6 @@ from services.wallet.domain.model import (
     TransactionKind,
     TransferOrder,
     Wallet,
-    WalletNotFound,
     WalletState,
 )
 
@@ -43,6 +43,24 @@ def _hold(row: dict[str, Any]) -> Hold:
         created_at=row["created_at"],
         currency=row["currency"],
     )
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One wallet's side of a movement: its entry and how its amounts change."""
+
+    wallet_id: uuid.UUID
+    amount: int  # the signed ledger entry (and the change of balance)
+    available_delta: int
+    pending_delta: int
+    counterparty: uuid.UUID
+
+
+def transfer_legs(order: TransferOrder) -> list[Leg]:
+    return [
+        Leg(order.source_wallet_id, -order.amount, -order.amount, 0, order.destination_wallet_id),
+        Leg(order.destination_wallet_id, order.amount, order.amount, 0, order.source_wallet_id),
+    ]
 
 
 def _wallet(row: dict[str, Any]) -> Wallet:
@@ -115,35 +133,6 @@ class LedgerRepository:
         )
         return {row["wallet_id"]: _wallet(row) for row in await cur.fetchall()}
 
-    async def claim_reference(
-        self, transaction_id: uuid.UUID, order: TransferOrder, hold_id: uuid.UUID | None = None
-    ) -> bool:
-        """Records the ledger transaction's header; False if the reference is already taken.
-
-        A concurrent claim of the same reference waits here on the unique index until the
-        first commits (then sees it taken) or rolls back (then takes it)."""
-        try:
-            cur = await self.conn.execute(
-                "INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, "
-                "amount, source_wallet_id, destination_wallet_id, description) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING "
-                "RETURNING transaction_id",
-                (
-                    transaction_id,
-                    order.reference,
-                    order.kind.value,
-                    order.currency,
-                    order.amount,
-                    order.source_wallet_id,
-                    order.destination_wallet_id,
-                    order.description,
-                ),
-            )
-        except errors.ForeignKeyViolation as exc:
-            source = "source" in (exc.diag.constraint_name or "")
-            raise WalletNotFound(order.source_wallet_id if source else order.destination_wallet_id) from exc
-        return await cur.fetchone() is not None
-
     async def recorded_transfer(self, reference: str) -> tuple[uuid.UUID, TransferOrder] | None:
         cur = await self.conn.execute(
             "SELECT transaction_id, reference, kind, currency, amount, source_wallet_id, "
@@ -163,33 +152,55 @@ class LedgerRepository:
             description=row["description"],
         )
 
-    async def apply_entry(
+    async def record_movement(
         self,
         transaction_id: uuid.UUID,
-        wallet_id: uuid.UUID,
-        amount: int,
-        counterparty: uuid.UUID,
-        *,
-        available_delta: int | None = None,
-        pending_delta: int = 0,
-    ) -> Wallet:
-        """Moves `amount` (signed) into a locked wallet's balance and writes its ledger entry.
-        By default the whole amount moves in `available`; a hold capture instead takes it
-        out of `pending` (and returns the uncaptured rest of the hold to `available`)."""
+        order: TransferOrder,
+        legs: list[Leg],
+        hold_id: uuid.UUID | None = None,
+    ) -> list[Wallet] | None:
+        """One statement: the ledger header, each locked wallet's new amounts and each
+        wallet's entry. None (and nothing written) when another transaction took the
+        reference first; the caller replays that one."""
+        values = ", ".join(["(%s::uuid, %s::bigint, %s::bigint, %s::bigint, %s::uuid)"] * len(legs))
+        params: list[Any] = [
+            transaction_id,
+            order.reference,
+            order.kind.value,
+            order.currency,
+            order.amount,
+            order.source_wallet_id,
+            order.destination_wallet_id,
+            order.description,
+            hold_id,
+        ]
+        for leg in legs:
+            params += [leg.wallet_id, leg.amount, leg.available_delta, leg.pending_delta, leg.counterparty]
         cur = await self.conn.execute(
-            f"UPDATE wallets SET balance = balance + %s, available = available + %s, "
-            f"pending = pending + %s, version = version + 1, updated_at = now() "
-            f"WHERE wallet_id = %s RETURNING {_WALLET_COLUMNS}",
-            (amount, amount if available_delta is None else available_delta, pending_delta, wallet_id),
+            "WITH header AS ("
+            "  INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, amount,"
+            "    source_wallet_id, destination_wallet_id, description, hold_id)"
+            "  VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING"
+            "  RETURNING transaction_id),"
+            " moved AS ("
+            "  UPDATE wallets w SET balance = w.balance + m.amount,"
+            "    available = w.available + m.available_delta, pending = w.pending + m.pending_delta,"
+            "    version = w.version + 1, updated_at = now()"
+            f"  FROM (VALUES {values}) AS m(wallet_id, amount, available_delta, pending_delta,"
+            "    counterparty)"
+            "  WHERE w.wallet_id = m.wallet_id AND EXISTS (SELECT 1 FROM header)"
+            f"  RETURNING {', '.join('w.' + c.strip() for c in _WALLET_COLUMNS.split(','))},"
+            "    m.amount AS entry_amount, m.counterparty),"
+            " entries AS ("
+            "  INSERT INTO wallet_transactions (transaction_id, wallet_id, amount, balance_after,"
+            "    counterparty_wallet_id)"
+            "  SELECT (SELECT transaction_id FROM header), wallet_id, entry_amount, balance,"
+            "    counterparty FROM moved ORDER BY wallet_id)"
+            " SELECT * FROM moved",
+            params,
         )
-        row = await cur.fetchone()
-        assert row is not None  # the wallet is locked by this transaction
-        await self.conn.execute(
-            "INSERT INTO wallet_transactions (transaction_id, wallet_id, amount, balance_after, "
-            "counterparty_wallet_id) VALUES (%s, %s, %s, %s, %s)",
-            (transaction_id, wallet_id, amount, row["balance"], counterparty),
-        )
-        return _wallet(row)
+        rows = await cur.fetchall()
+        return [_wallet(r) for r in rows] if rows else None
 
     async def reserve(self, wallet_id: uuid.UUID, amount: int) -> Wallet:
         """Moves `amount` from available to pending (negative to give it back)."""

@@ -11,9 +11,9 @@ from typing import Any
 
 from services.framework import paging
 from services.framework.db import Database
-from services.framework.errors import AlreadyExists, FieldViolation, InvalidArgument
+from services.framework.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
 from services.wallet.adapters.balance_cache import BalanceCache
-from services.wallet.adapters.repository import LedgerRepository
+from services.wallet.adapters.repository import LedgerRepository, Leg, transfer_legs
 from services.wallet.domain.model import (
     Hold,
     HoldNotActive,
@@ -58,16 +58,23 @@ class Ledger:
         self.cache = cache
 
     @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[tuple[LedgerRepository, list[Wallet]]]:
-        """One transaction that changes wallets: the use case appends each changed wallet
-        to the list; they are marked dirty in the cache before COMMIT and stored after."""
+    async def _writing(
+        self, wallet_ids: list[uuid.UUID]
+    ) -> AsyncIterator[tuple[LedgerRepository, list[Wallet]]]:
+        """One transaction that may change the named wallets. The use case appends each
+        wallet it changed; the cache hears of the writers before the transaction and of
+        the committed snapshots after it (see adapters/balance_cache.py)."""
         changed: list[Wallet] = []
-        async with self.db.transaction() as conn:
-            yield LedgerRepository(conn), changed
-            if changed and self.cache:
-                await self.cache.mark_dirty(changed)
-        if changed and self.cache:
-            await self.cache.store(changed, role="writer")
+        announced = self.cache is not None and await self.cache.begin_write(wallet_ids)
+        try:
+            async with self.db.transaction() as conn:
+                yield LedgerRepository(conn), changed
+        except BaseException:
+            changed.clear()
+            raise
+        finally:
+            if announced and self.cache is not None:
+                await self.cache.end_write(wallet_ids, changed)
 
     async def create_wallet(self, owner_type: OwnerType, owner_id: str, currency: str) -> Wallet:
         async with self.db.transaction() as conn:
@@ -88,7 +95,7 @@ class Ledger:
         if wallet is None:
             raise WalletNotFound(wallet_id)
         if self.cache:
-            await self.cache.store([wallet], role="reader")
+            await self.cache.fill(wallet)
         return wallet
 
     async def list_wallets(self, owner_type: OwnerType, owner_id: str) -> list[Wallet]:
@@ -131,24 +138,26 @@ class Ledger:
         finds the reference taken and replays). A hot destination wallet serialises only
         its own row update and entry insert; nothing is retried, so contention costs
         waiting, never errors."""
-        async with self._writing() as (repo, changed):
-            wallets = await repo.lock_wallets([order.source_wallet_id, order.destination_wallet_id])
-            for wallet_id in (order.source_wallet_id, order.destination_wallet_id):
+        wallet_ids = [order.source_wallet_id, order.destination_wallet_id]
+        async with self._writing(wallet_ids) as (repo, changed):
+            wallets = await repo.lock_wallets(wallet_ids)
+            for wallet_id in wallet_ids:
                 if wallet_id not in wallets:
                     raise WalletNotFound(wallet_id)
+            try:
+                check_transfer(order, wallets[order.source_wallet_id], wallets[order.destination_wallet_id])
+            except FailedPrecondition:
+                # A retry of a transfer that already ran (and, say, emptied the wallet) is a
+                # replay, not a refusal. Only refusals pay for this lookup.
+                if await repo.recorded_transfer(order.reference) is not None:
+                    return await self._replay(repo, order)
+                raise
             transaction_id = uuid.uuid4()
-            if not await repo.claim_reference(transaction_id, order):
+            moved = await repo.record_movement(transaction_id, order, transfer_legs(order))
+            if moved is None:
                 return await self._replay(repo, order)
-            source = wallets[order.source_wallet_id]
-            destination = wallets[order.destination_wallet_id]
-            check_transfer(order, source, destination)
-            # Apply in lock order so the row updates follow the locks already held.
-            updated = {}
-            for wallet_id in sorted(wallets):
-                amount = -order.amount if wallet_id == order.source_wallet_id else order.amount
-                counterparty = order.destination_wallet_id if amount < 0 else order.source_wallet_id
-                updated[wallet_id] = await repo.apply_entry(transaction_id, wallet_id, amount, counterparty)
-            changed.extend(updated.values())
+            changed.extend(moved)
+        updated = {w.wallet_id: w for w in moved}
         return TransferResult(
             transaction_id,
             updated[order.source_wallet_id],
@@ -158,7 +167,7 @@ class Ledger:
 
     async def _replay(self, repo: LedgerRepository, order: TransferOrder) -> TransferResult:
         recorded = await repo.recorded_transfer(order.reference)
-        assert recorded is not None  # claim_reference found it taken
+        assert recorded is not None  # record_movement found the reference taken
         transaction_id, first = recorded
         mismatched = reference_mismatches(order, first)
         if mismatched:
@@ -201,7 +210,7 @@ class Ledger:
         self, wallet_id: uuid.UUID, amount: int, currency: str, reference: str, expires_at: datetime
     ) -> Hold:
         """Reserves funds; idempotent on `reference` (a retry returns the first hold)."""
-        async with self._writing() as (repo, changed):
+        async with self._writing([wallet_id]) as (repo, changed):
             wallets = await repo.lock_wallets([wallet_id])
             if wallet_id not in wallets:
                 raise WalletNotFound(wallet_id)
@@ -245,8 +254,9 @@ class Ledger:
 
         Locks in the ledger's one order: both wallets (ascending id), then the hold row."""
         hold = await self.get_hold(hold_id)
-        async with self._writing() as (repo, changed):
-            wallets = await repo.lock_wallets([hold.wallet_id, destination_wallet_id])
+        wallet_ids = [hold.wallet_id, destination_wallet_id]
+        async with self._writing(wallet_ids) as (repo, changed):
+            wallets = await repo.lock_wallets(wallet_ids)
             if destination_wallet_id not in wallets:
                 raise WalletNotFound(destination_wallet_id)
             hold = await repo.get_hold(hold_id, lock=True)
@@ -270,21 +280,19 @@ class Ledger:
             source, destination = wallets[hold.wallet_id], wallets[destination_wallet_id]
             check_capture(hold, amount, currency, source, destination, datetime.now(UTC))
             transaction_id = uuid.uuid4()
-            claimed = await repo.claim_reference(transaction_id, order, hold_id=hold_id)
-            assert claimed  # checked above under the wallet locks
-            changed.append(
-                await repo.apply_entry(
-                    transaction_id,
-                    source.wallet_id,
-                    -amount,
-                    destination_wallet_id,
-                    available_delta=hold.amount - amount,
-                    pending_delta=-hold.amount,
+            legs = [
+                # The payer's balance drops by the capture; its pending by the whole hold,
+                # the uncaptured rest of which returns to available.
+                Leg(source.wallet_id, -amount, hold.amount - amount, -hold.amount, destination_wallet_id),
+                Leg(destination_wallet_id, amount, amount, 0, source.wallet_id),
+            ]
+            moved = await repo.record_movement(transaction_id, order, legs, hold_id=hold_id)
+            if moved is None:
+                raise ReferenceReused(
+                    f"reference {reference!r} was just used for another movement",
+                    metadata={"reference": reference, "mismatched_fields": "hold_id"},
                 )
-            )
-            changed.append(
-                await repo.apply_entry(transaction_id, destination_wallet_id, amount, source.wallet_id)
-            )
+            changed.extend(moved)
             hold = await repo.resolve_hold(hold_id, HoldState.CAPTURED, amount, transaction_id)
         return hold, transaction_id
 
@@ -292,7 +300,7 @@ class Ledger:
         """Returns an active hold's funds to available. Releasing a released hold again
         returns it unchanged (retry-safe); a captured or expired hold is refused."""
         hold = await self.get_hold(hold_id)
-        async with self._writing() as (repo, changed):
+        async with self._writing([hold.wallet_id]) as (repo, changed):
             await repo.lock_wallets([hold.wallet_id])
             hold = await repo.get_hold(hold_id, lock=True)
             assert hold is not None
@@ -319,7 +327,7 @@ class Ledger:
 
     # -- wallet lifecycle ---------------------------------------------------------------
     async def change_state(self, wallet_id: uuid.UUID, target: WalletState, reason: str) -> Wallet:
-        async with self._writing() as (repo, changed):
+        async with self._writing([wallet_id]) as (repo, changed):
             wallets = await repo.lock_wallets([wallet_id])
             if wallet_id not in wallets:
                 raise WalletNotFound(wallet_id)
