@@ -18,6 +18,8 @@ publish-contracts: bootstrap  ## snapshot the contracts `buf breaking` guards fr
 lint: bootstrap
 	.venv/bin/buf lint
 	.venv/bin/ruff check services scripts tests
+	.venv/bin/ruff format --check services scripts tests
+	.venv/bin/mypy
 
 up: bootstrap  ## start the local mesh (dev profile) and leave it running
 	$(PY) scripts/mesh.py up --profile dev

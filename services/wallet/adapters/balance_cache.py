@@ -124,7 +124,7 @@ class BalanceCache:
             self.misses += 1
             return None
         self.hits += 1
-        return _decode(snapshot)
+        return _decode(snapshot if isinstance(snapshot, bytes) else snapshot.encode())
 
     async def fill(self, wallet: Wallet) -> None:
         await self._call(self._fill, [_key(wallet.wallet_id)], [TTL_SECONDS, wallet.version, _encode(wallet)])

@@ -240,6 +240,14 @@ class Ledger:
         assert hold is not None
         return hold
 
+    @staticmethod
+    async def _locked_hold(repo: LedgerRepository, hold_id: uuid.UUID) -> Hold:
+        """The hold row, locked; taken only after its wallets, in the ledger's lock order."""
+        hold = await repo.get_hold(hold_id, lock=True)
+        if hold is None:
+            raise HoldNotFound(hold_id)
+        return hold
+
     async def get_hold(self, hold_id: uuid.UUID) -> Hold:
         async with self.db.transaction() as conn:
             hold = await LedgerRepository(conn).get_hold(hold_id)
@@ -259,8 +267,7 @@ class Ledger:
             wallets = await repo.lock_wallets(wallet_ids)
             if destination_wallet_id not in wallets:
                 raise WalletNotFound(destination_wallet_id)
-            hold = await repo.get_hold(hold_id, lock=True)
-            assert hold is not None
+            hold = await self._locked_hold(repo, hold_id)
             order = TransferOrder(
                 hold.wallet_id, destination_wallet_id, amount, currency, reference, TransactionKind.CAPTURE
             )
@@ -302,8 +309,7 @@ class Ledger:
         hold = await self.get_hold(hold_id)
         async with self._writing([hold.wallet_id]) as (repo, changed):
             await repo.lock_wallets([hold.wallet_id])
-            hold = await repo.get_hold(hold_id, lock=True)
-            assert hold is not None
+            hold = await self._locked_hold(repo, hold_id)
             if hold.state is not HoldState.ACTIVE:
                 if hold.state is HoldState.RELEASED and not expired:
                     return hold
