@@ -76,6 +76,15 @@ class Mesh:
             key.chmod(0o600)
         return key
 
+    def vault_key(self) -> Path:
+        """The vault's key-encryption key (32 random bytes). In Kubernetes it comes from
+        the cluster's secret store (a KMS in production), never from the image."""
+        key = self.data / "vault-kek.bin"
+        if not key.exists():
+            key.write_bytes(secrets.token_bytes(32))
+            key.chmod(0o600)
+        return key
+
     # -- PostgreSQL ----------------------------------------------------------------------
     def init_postgres(self) -> None:
         if (self.pg_data / "PG_VERSION").exists():
@@ -159,6 +168,8 @@ class Mesh:
         if name == "wallet":
             env["INTERPAY_HOLD_EXPIRY_INTERVAL_SECONDS"] = "1"
             env["INTERPAY_RECONCILE_INTERVAL_SECONDS"] = "30"
+        if name == "vault":
+            env["INTERPAY_VAULT_KEK_FILE"] = str(self.vault_key())
         if name == "users":
             env["INTERPAY_JWT_PRIVATE_KEY_FILE"] = str(self.jwt_key())
         return env

@@ -82,6 +82,58 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The wallet still holds money or has open holds, so it cannot be closed."""
     ERROR_REASON_SYSTEM_WALLET: _ErrorReason.ValueType  # 27
     """System wallets are operated by the platform and cannot be frozen or closed."""
+    ERROR_REASON_CARD_NOT_FOUND: _ErrorReason.ValueType  # 28
+    """The card token is unknown to the vault."""
+    ERROR_REASON_INVALID_CARD_NUMBER: _ErrorReason.ValueType  # 29
+    """The card number fails the Luhn check or has no known brand."""
+    ERROR_REASON_CARD_EXPIRED: _ErrorReason.ValueType  # 30
+    """The card's expiry date has passed."""
+    ERROR_REASON_CARD_DECLINED: _ErrorReason.ValueType  # 31
+    """The card processor declined the authorisation; metadata carries the decline code."""
+    ERROR_REASON_PROCESSOR_UNAVAILABLE: _ErrorReason.ValueType  # 32
+    """The card processor did not answer in time; the outcome is being resolved."""
+    ERROR_REASON_FRAUD_DECLINED: _ErrorReason.ValueType  # 33
+    """The fraud check declined the transaction; metadata names the fired rules."""
+    ERROR_REASON_RULE_NOT_FOUND: _ErrorReason.ValueType  # 34
+    """The named fraud rule does not exist."""
+    ERROR_REASON_FRAUD_CHECK_NOT_FOUND: _ErrorReason.ValueType  # 35
+    """The named fraud check does not exist."""
+    ERROR_REASON_BLACKLIST_ENTRY_NOT_FOUND: _ErrorReason.ValueType  # 36
+    """The named blacklist entry does not exist."""
+    ERROR_REASON_BLACKLIST_ENTRY_EXISTS: _ErrorReason.ValueType  # 37
+    """The same value is already blacklisted."""
+    ERROR_REASON_MERCHANT_NOT_FOUND: _ErrorReason.ValueType  # 38
+    """The named merchant does not exist."""
+    ERROR_REASON_MERCHANT_NOT_ACTIVE: _ErrorReason.ValueType  # 39
+    """The merchant is pending or suspended and cannot take payments."""
+    ERROR_REASON_API_KEY_NOT_FOUND: _ErrorReason.ValueType  # 40
+    """The named API key does not exist."""
+    ERROR_REASON_API_KEY_REVOKED: _ErrorReason.ValueType  # 41
+    """The API key was revoked."""
+    ERROR_REASON_API_KEY_EXPIRED: _ErrorReason.ValueType  # 42
+    """The API key has expired."""
+    ERROR_REASON_INSUFFICIENT_SCOPE: _ErrorReason.ValueType  # 43
+    """The credential lacks the scope this call needs; metadata names it."""
+    ERROR_REASON_WEBHOOK_ENDPOINT_NOT_FOUND: _ErrorReason.ValueType  # 44
+    """The named webhook endpoint does not exist."""
+    ERROR_REASON_SETTLEMENT_NOT_FOUND: _ErrorReason.ValueType  # 45
+    """The named settlement does not exist."""
+    ERROR_REASON_PAYMENT_NOT_FOUND: _ErrorReason.ValueType  # 46
+    """The named payment does not exist."""
+    ERROR_REASON_REFUND_NOT_FOUND: _ErrorReason.ValueType  # 47
+    """The named refund does not exist."""
+    ERROR_REASON_CAPTURE_EXCEEDS_AUTHORIZED: _ErrorReason.ValueType  # 48
+    """The capture asks for more than was authorised."""
+    ERROR_REASON_REFUND_EXCEEDS_CAPTURED: _ErrorReason.ValueType  # 49
+    """The refunds would exceed the captured amount."""
+    ERROR_REASON_SAGA_NOT_FOUND: _ErrorReason.ValueType  # 50
+    """The named saga does not exist."""
+    ERROR_REASON_PAYOUT_NOT_FOUND: _ErrorReason.ValueType  # 51
+    """The named payout does not exist."""
+    ERROR_REASON_KYC_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 52
+    """The amount exceeds what the user's KYC level allows."""
+    ERROR_REASON_NOTIFICATION_NOT_FOUND: _ErrorReason.ValueType  # 53
+    """The named notification or webhook delivery does not exist."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons InterPay puts in the
@@ -151,4 +203,56 @@ ERROR_REASON_WALLET_NOT_EMPTY: ErrorReason.ValueType  # 26
 """The wallet still holds money or has open holds, so it cannot be closed."""
 ERROR_REASON_SYSTEM_WALLET: ErrorReason.ValueType  # 27
 """System wallets are operated by the platform and cannot be frozen or closed."""
+ERROR_REASON_CARD_NOT_FOUND: ErrorReason.ValueType  # 28
+"""The card token is unknown to the vault."""
+ERROR_REASON_INVALID_CARD_NUMBER: ErrorReason.ValueType  # 29
+"""The card number fails the Luhn check or has no known brand."""
+ERROR_REASON_CARD_EXPIRED: ErrorReason.ValueType  # 30
+"""The card's expiry date has passed."""
+ERROR_REASON_CARD_DECLINED: ErrorReason.ValueType  # 31
+"""The card processor declined the authorisation; metadata carries the decline code."""
+ERROR_REASON_PROCESSOR_UNAVAILABLE: ErrorReason.ValueType  # 32
+"""The card processor did not answer in time; the outcome is being resolved."""
+ERROR_REASON_FRAUD_DECLINED: ErrorReason.ValueType  # 33
+"""The fraud check declined the transaction; metadata names the fired rules."""
+ERROR_REASON_RULE_NOT_FOUND: ErrorReason.ValueType  # 34
+"""The named fraud rule does not exist."""
+ERROR_REASON_FRAUD_CHECK_NOT_FOUND: ErrorReason.ValueType  # 35
+"""The named fraud check does not exist."""
+ERROR_REASON_BLACKLIST_ENTRY_NOT_FOUND: ErrorReason.ValueType  # 36
+"""The named blacklist entry does not exist."""
+ERROR_REASON_BLACKLIST_ENTRY_EXISTS: ErrorReason.ValueType  # 37
+"""The same value is already blacklisted."""
+ERROR_REASON_MERCHANT_NOT_FOUND: ErrorReason.ValueType  # 38
+"""The named merchant does not exist."""
+ERROR_REASON_MERCHANT_NOT_ACTIVE: ErrorReason.ValueType  # 39
+"""The merchant is pending or suspended and cannot take payments."""
+ERROR_REASON_API_KEY_NOT_FOUND: ErrorReason.ValueType  # 40
+"""The named API key does not exist."""
+ERROR_REASON_API_KEY_REVOKED: ErrorReason.ValueType  # 41
+"""The API key was revoked."""
+ERROR_REASON_API_KEY_EXPIRED: ErrorReason.ValueType  # 42
+"""The API key has expired."""
+ERROR_REASON_INSUFFICIENT_SCOPE: ErrorReason.ValueType  # 43
+"""The credential lacks the scope this call needs; metadata names it."""
+ERROR_REASON_WEBHOOK_ENDPOINT_NOT_FOUND: ErrorReason.ValueType  # 44
+"""The named webhook endpoint does not exist."""
+ERROR_REASON_SETTLEMENT_NOT_FOUND: ErrorReason.ValueType  # 45
+"""The named settlement does not exist."""
+ERROR_REASON_PAYMENT_NOT_FOUND: ErrorReason.ValueType  # 46
+"""The named payment does not exist."""
+ERROR_REASON_REFUND_NOT_FOUND: ErrorReason.ValueType  # 47
+"""The named refund does not exist."""
+ERROR_REASON_CAPTURE_EXCEEDS_AUTHORIZED: ErrorReason.ValueType  # 48
+"""The capture asks for more than was authorised."""
+ERROR_REASON_REFUND_EXCEEDS_CAPTURED: ErrorReason.ValueType  # 49
+"""The refunds would exceed the captured amount."""
+ERROR_REASON_SAGA_NOT_FOUND: ErrorReason.ValueType  # 50
+"""The named saga does not exist."""
+ERROR_REASON_PAYOUT_NOT_FOUND: ErrorReason.ValueType  # 51
+"""The named payout does not exist."""
+ERROR_REASON_KYC_LIMIT_EXCEEDED: ErrorReason.ValueType  # 52
+"""The amount exceeds what the user's KYC level allows."""
+ERROR_REASON_NOTIFICATION_NOT_FOUND: ErrorReason.ValueType  # 53
+"""The named notification or webhook delivery does not exist."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
