@@ -17,8 +17,8 @@ publish-contracts: bootstrap  ## snapshot the contracts `buf breaking` guards fr
 
 lint: bootstrap
 	.venv/bin/buf lint
-	.venv/bin/ruff check services scripts tests
-	.venv/bin/ruff format --check services scripts tests
+	.venv/bin/ruff check services scripts tests bench
+	.venv/bin/ruff format --check services scripts tests bench
 	.venv/bin/mypy
 
 up: bootstrap  ## start the local mesh (dev profile) and leave it running

@@ -59,8 +59,14 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float | int]:
     """p50/p95/p99/mean/max in milliseconds of latencies given in seconds."""
     ordered = sorted(seconds)
     if not ordered:
-        return {"count": 0, "p50_ms": math.nan, "p95_ms": math.nan, "p99_ms": math.nan,
-                "mean_ms": math.nan, "max_ms": math.nan}
+        return {
+            "count": 0,
+            "p50_ms": math.nan,
+            "p95_ms": math.nan,
+            "p99_ms": math.nan,
+            "mean_ms": math.nan,
+            "max_ms": math.nan,
+        }
     return {
         "count": len(ordered),
         "p50_ms": round(percentile(ordered, 50) * 1000, 3),

@@ -37,7 +37,9 @@ def _conn_args() -> list[str]:
 
 
 def version() -> str:
-    return subprocess.run([_pgbench(), "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return subprocess.run(  # noqa: S603 S607 - fixed argv, no shell
+        [_pgbench(), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
 
 
 def initialise(scale: int) -> dict[str, Any]:
@@ -47,9 +49,13 @@ def initialise(scale: int) -> dict[str, Any]:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
             conn.execute(f"CREATE DATABASE {DATABASE}")
     started = time.monotonic()
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603 S607 - fixed argv, no shell
         [_pgbench(), *_conn_args(), "-i", "-s", str(scale), "-q", DATABASE],
-        env=_env(), capture_output=True, text=True, timeout=240, check=False,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     if done.returncode != 0:
         raise SystemExit(f"pgbench -i failed:\n{done.stderr}")
@@ -62,10 +68,22 @@ def run(clients: int, seconds: int, threads: int = 2) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="interpay-pgbench-") as tmp:
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd = [
-            _pgbench(), *_conn_args(), "-b", "tpcb-like", "-c", str(clients), "-j", str(threads),
-            "-T", str(seconds), "-n", "-l", f"--log-prefix={tmp}/pgbench_log", DATABASE,
+            _pgbench(),
+            *_conn_args(),
+            "-b",
+            "tpcb-like",
+            "-c",
+            str(clients),
+            "-j",
+            str(threads),
+            "-T",
+            str(seconds),
+            "-n",
+            "-l",
+            f"--log-prefix={tmp}/pgbench_log",
+            DATABASE,
         ]
-        done = subprocess.run(
+        done = subprocess.run(  # noqa: S603 S607 - fixed argv, no shell
             cmd, env=_env(), capture_output=True, text=True, timeout=seconds + 60, check=False
         )
         usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)

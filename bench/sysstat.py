@@ -60,9 +60,11 @@ def postmaster_pid() -> int | None:
 
 
 def supervised_pid(program: str) -> int | None:
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603 S607 - fixed argv, no shell
         [str(ROOT / ".venv" / "bin" / "supervisorctl"), "-c", str(DATA / "supervisord.conf"), "pid", program],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     text = done.stdout.strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
@@ -87,10 +89,14 @@ class CpuMeter:
     pids: dict[str, int] = field(default_factory=dict)
 
     def discover(self) -> dict[str, int]:
-        for program in ("wallet", "envoy"):
+        for program in ("wallet", "envoy", "redis"):
             pid = supervised_pid(program)
             if pid:
                 self.pids[program] = pid
+        try:  # supervisord copies every service's log output to its files: not free
+            self.pids["supervisord"] = int((DATA / "run" / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            pass
         pm = postmaster_pid()
         if pm:
             self.pids["postgres"] = pm
@@ -108,12 +114,15 @@ class CpuMeter:
         return Snapshot(time.monotonic(), procs, machine_jiffies())
 
     @staticmethod
-    def between(a: Snapshot, b: Snapshot, extra_cpu_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    def between(
+        a: Snapshot, b: Snapshot, extra_cpu_seconds: dict[str, float] | None = None
+    ) -> dict[str, Any]:
         """Cores used by each process over [a, b] (1.0 = one core fully busy), and the
         machine's split (busy / iowait / idle as fractions of all cores)."""
         wall = max(b.at - a.at, 1e-9)
-        cores = {name: round((b.processes[name] - a.processes.get(name, 0.0)) / wall, 3)
-                 for name in b.processes}
+        cores = {
+            name: round((b.processes[name] - a.processes.get(name, 0.0)) / wall, 3) for name in b.processes
+        }
         for name, seconds in (extra_cpu_seconds or {}).items():
             cores[name] = round(seconds / wall, 3)
         d = {k: b.machine[k] - a.machine[k] for k in STAT_FIELDS}
@@ -128,7 +137,9 @@ class CpuMeter:
             "steal_fraction": round(d["steal"] / total, 3),
             "busy_cores": round(busy / total * ncpu, 3),
         }
-        known = sum(cores.values())
+        # Interrupt time (loopback networking's softirqs, mostly) belongs to no process.
+        machine["irq_cores"] = round((d["irq"] + d["softirq"]) / total * ncpu, 3)
+        known = sum(cores.values()) + machine["irq_cores"]
         machine["other_cores"] = round(max(machine["busy_cores"] - known, 0.0), 3)
         return {"wall_seconds": round(wall, 3), "cores": cores, "machine": machine}
 
@@ -136,9 +147,12 @@ class CpuMeter:
 def top_snapshot(limit: int = 12) -> list[str]:
     """The busiest processes as `top` sees them (second frame, so %CPU is over 0.5 s)."""
     try:
-        done = subprocess.run(
-            ["top", "-b", "-n", "2", "-d", "0.5", "-w", "200", "-o", "%CPU"],
-            capture_output=True, text=True, timeout=10, check=False,
+        done = subprocess.run(  # noqa: S603 S607 - fixed argv, no shell
+            ["/usr/bin/top", "-b", "-n", "2", "-d", "0.5", "-w", "200", "-o", "%CPU"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return []

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# make bench: start the bench mesh (profile `bench`: its own PostgreSQL, ports and data, so
+# it never disturbs the dev or test mesh), run the benchmark (bench/run.py), and stop the
+# bench mesh at the end whatever happens. Extra arguments go to bench/run.py, for example
+#   bash scripts/bench.sh --quick          a ~1-minute smoke run
+# Results: bench/results/latest.json, bench/results/bench.png, a Markdown table on stdout.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export PYTHONPATH="$root:$root/gen/python"
+py=.venv/bin/python
+
+# Bad arguments or an over-long plan fail here, before anything starts.
+"$py" -m bench.run --plan-only "$@"
+case " $* " in *" -h "* | *" --help "*) exit 0 ;; esac
+
+for other in dev test; do
+  if [ -S ".data/$other/run/supervisor.sock" ]; then
+    echo "bench: the $other mesh is running; it is left alone (and shares the CPU)" >&2
+  fi
+done
+
+cleanup() { "$py" scripts/mesh.py down --profile bench || true; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$py" scripts/mesh.py up --profile bench
+# The whole benchmark is planned for ~5 minutes; a hard cap keeps `make bench` under 10.
+timeout --foreground --signal=INT --kill-after=20 450 "$py" -m bench.run "$@"
