@@ -53,5 +53,5 @@ class TransfersServicer:
 
     async def ListTransfers(self, request: pb.ListTransfersRequest, context: Any) -> pb.ListTransfersResponse:
         wallet_id = uuid.UUID(request.wallet_id) if request.wallet_id else None
-        rows, token = await self.transfers.list(wallet_id, request.page_size, request.page_token)
+        rows, token = await self.transfers.list_transfers(wallet_id, request.page_size, request.page_token)
         return pb.ListTransfersResponse(transfers=[transfer_pb(t) for t in rows], next_page_token=token)

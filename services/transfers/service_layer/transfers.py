@@ -101,7 +101,7 @@ class Transfers:
             raise TransferNotFound(transfer_id)
         return transfer
 
-    async def list(
+    async def list_transfers(
         self, wallet_id: uuid.UUID | None, page_size: int, page_token: str
     ) -> tuple[list[Transfer], str]:
         cursor = paging.decode(page_token)

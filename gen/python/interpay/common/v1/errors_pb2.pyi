@@ -134,6 +134,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The amount exceeds what the user's KYC level allows."""
     ERROR_REASON_NOTIFICATION_NOT_FOUND: _ErrorReason.ValueType  # 53
     """The named notification or webhook delivery does not exist."""
+    ERROR_REASON_REQUEST_IN_PROGRESS: _ErrorReason.ValueType  # 54
+    """Another request with the same idempotency key is still being processed; retry
+    the same request shortly to get its result.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons InterPay puts in the
@@ -255,4 +259,8 @@ ERROR_REASON_KYC_LIMIT_EXCEEDED: ErrorReason.ValueType  # 52
 """The amount exceeds what the user's KYC level allows."""
 ERROR_REASON_NOTIFICATION_NOT_FOUND: ErrorReason.ValueType  # 53
 """The named notification or webhook delivery does not exist."""
+ERROR_REASON_REQUEST_IN_PROGRESS: ErrorReason.ValueType  # 54
+"""Another request with the same idempotency key is still being processed; retry
+the same request shortly to get its result.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,216 @@
+"""SQL for sagas and steps, including the leases that let any replica resume a saga."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from services.orchestrator.domain.saga import SagaState, StepState
+
+_SAGA_COLUMNS = (
+    "saga_id, saga_type, reference, reference_id, input, state, "
+    "failure_reason, failure_code, next_step, attempts, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    saga_id: uuid.UUID
+    saga_type: str
+    reference: str
+    reference_id: uuid.UUID
+    input: bytes
+    state: SagaState
+    failure_reason: str
+    failure_code: str
+    next_step: int
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step_index: int
+    name: str
+    state: StepState
+    attempts: int
+    idempotency_key: str
+    last_error: str
+    result: dict[str, Any] | None
+    started_at: datetime
+    updated_at: datetime
+
+
+def _saga(row: dict[str, Any]) -> SagaRecord:
+    return SagaRecord(**{**row, "input": bytes(row["input"]), "state": SagaState(row["state"])})
+
+
+class SagaRepository:
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def insert(
+        self, saga_id: uuid.UUID, saga_type: str, reference: str, reference_id: uuid.UUID, input_: bytes
+    ) -> bool:
+        cur = await self.conn.execute(
+            "INSERT INTO sagas (saga_id, saga_type, reference, reference_id, input) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING saga_id",
+            (saga_id, saga_type, reference, reference_id, input_),
+        )
+        return await cur.fetchone() is not None
+
+    async def get(
+        self, saga_id: uuid.UUID | None = None, *, reference: str | None = None
+    ) -> SagaRecord | None:
+        where = "saga_id = %s" if saga_id is not None else "reference = %s"
+        cur = await self.conn.execute(
+            f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE {where}",
+            (saga_id if saga_id is not None else reference,),
+        )
+        row = await cur.fetchone()
+        return _saga(row) if row else None
+
+    async def steps(self, saga_id: uuid.UUID) -> list[StepRecord]:
+        cur = await self.conn.execute(
+            "SELECT step_index, name, state, attempts, idempotency_key, last_error, result, "
+            "started_at, updated_at FROM saga_steps WHERE saga_id = %s ORDER BY step_index",
+            (saga_id,),
+        )
+        return [StepRecord(**{**r, "state": StepState(r["state"])}) for r in await cur.fetchall()]
+
+    async def acquire(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaRecord | None:
+        """Takes the saga's lease if nobody holds a live one; None if somebody does."""
+        cur = await self.conn.execute(
+            f"UPDATE sagas SET lease_owner = %s, lease_expires_at = now() + %s * interval '1 second', "
+            f"attempts = attempts + 1, updated_at = now() "
+            f"WHERE saga_id = %s AND state IN ('STARTED', 'RUNNING', 'COMPENSATING') "
+            f"AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires_at < now()) "
+            f"RETURNING {_SAGA_COLUMNS}",
+            (owner, lease_seconds, saga_id, owner),
+        )
+        row = await cur.fetchone()
+        return _saga(row) if row else None
+
+    async def claim_due(
+        self, owner: str, lease_seconds: float, limit: int, saga_types: list[str]
+    ) -> list[uuid.UUID]:
+        """Sagas in flight whose runner is gone (lease expired) or whose retry is due, of
+        the types this runner knows; SKIP LOCKED lets replicas claim different batches."""
+        cur = await self.conn.execute(
+            "UPDATE sagas SET lease_owner = %s, lease_expires_at = now() + %s * interval '1 second', "
+            "attempts = attempts + 1, updated_at = now() WHERE saga_id IN ("
+            "  SELECT saga_id FROM sagas WHERE state IN ('STARTED', 'RUNNING', 'COMPENSATING') "
+            "  AND saga_type = ANY(%s) AND next_attempt_at <= now() "
+            "  AND (lease_owner IS NULL OR lease_expires_at < now()) "
+            "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING saga_id",
+            (owner, lease_seconds, saga_types, limit),
+        )
+        return [r["saga_id"] for r in await cur.fetchall()]
+
+    async def set_state(
+        self,
+        saga_id: uuid.UUID,
+        owner: str,
+        lease_seconds: float,
+        *,
+        state: SagaState | None = None,
+        next_step: int | None = None,
+        failure_code: str | None = None,
+        failure_reason: str | None = None,
+    ) -> None:
+        """Every move of the runner also renews its lease."""
+        await self.conn.execute(
+            "UPDATE sagas SET state = coalesce(%s, state), next_step = coalesce(%s, next_step), "
+            "failure_code = coalesce(%s, failure_code), failure_reason = coalesce(%s, failure_reason), "
+            "lease_expires_at = now() + %s * interval '1 second', updated_at = now() "
+            "WHERE saga_id = %s AND lease_owner = %s",
+            (
+                state.value if state else None,
+                next_step,
+                failure_code,
+                failure_reason,
+                lease_seconds,
+                saga_id,
+                owner,
+            ),
+        )
+
+    async def release(self, saga_id: uuid.UUID, owner: str, retry_in_seconds: float | None) -> None:
+        await self.conn.execute(
+            "UPDATE sagas SET lease_owner = NULL, lease_expires_at = NULL, "
+            "next_attempt_at = now() + coalesce(%s, 0) * interval '1 second', updated_at = now() "
+            "WHERE saga_id = %s AND lease_owner = %s",
+            (retry_in_seconds, saga_id, owner),
+        )
+
+    async def record_step(
+        self,
+        saga_id: uuid.UUID,
+        index: int,
+        name: str,
+        state: StepState,
+        idempotency_key: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        attempt: bool = False,
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, idempotency_key, "
+            "last_error, result) VALUES (%s, %s, %s, %s, %s, %s, coalesce(%s, ''), %s) "
+            "ON CONFLICT (saga_id, step_index) DO UPDATE SET state = EXCLUDED.state, "
+            "attempts = saga_steps.attempts + %s, last_error = coalesce(%s, saga_steps.last_error), "
+            "result = coalesce(EXCLUDED.result, saga_steps.result), updated_at = now()",
+            (
+                saga_id,
+                index,
+                name,
+                state.value,
+                1 if attempt else 0,
+                idempotency_key,
+                error,
+                Jsonb(result) if result is not None else None,
+                1 if attempt else 0,
+                error,
+            ),
+        )
+
+    async def list_sagas(
+        self,
+        state: str | None,
+        saga_type: str | None,
+        reference_id: uuid.UUID | None,
+        limit: int,
+        before: tuple[str, str] | None,
+    ) -> list[SagaRecord]:
+        cur = await self.conn.execute(
+            f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE (%(s)s::text IS NULL OR state = %(s)s) "
+            f"AND (%(t)s::text IS NULL OR saga_type = %(t)s) "
+            f"AND (%(r)s::uuid IS NULL OR reference_id = %(r)s) "
+            f"AND (%(bt)s::timestamptz IS NULL OR (created_at, saga_id) < (%(bt)s, %(bi)s::uuid)) "
+            f"ORDER BY created_at DESC, saga_id DESC LIMIT %(limit)s",
+            {
+                "s": state,
+                "t": saga_type,
+                "r": reference_id,
+                "bt": before[0] if before else None,
+                "bi": before[1] if before else None,
+                "limit": limit,
+            },
+        )
+        return [_saga(r) for r in await cur.fetchall()]
+
+    async def reopen(self, saga_id: uuid.UUID) -> bool:
+        """An operator's retry of a FAILED saga: compensate again from where it stopped."""
+        cur = await self.conn.execute(
+            "UPDATE sagas SET state = 'COMPENSATING', next_attempt_at = now(), updated_at = now() "
+            "WHERE saga_id = %s AND state = 'FAILED' RETURNING saga_id",
+            (saga_id,),
+        )
+        return await cur.fetchone() is not None

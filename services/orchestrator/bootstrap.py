@@ -1,0 +1,44 @@
+"""The orchestrator's composition root: the saga engine, its peers, and the recovery job
+that lets any replica finish the sagas another one left in flight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interpay.fraud.v1.fraud_service_pb2_grpc import FraudServiceStub
+from interpay.merchants.v1.merchants_service_pb2_grpc import MerchantsServiceStub
+from interpay.payments.v1.payments_service_pb2_grpc import PaymentServiceStub
+from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
+
+from services.framework.config import ServiceConfig, integer
+from services.framework.db import Database
+from services.framework.peers import Peers
+from services.framework.periodic import Periodic
+from services.framework.server import run
+from services.orchestrator.entrypoints.grpc_api import OrchestratorServicer
+from services.orchestrator.service_layer.engine import SagaEngine
+from services.orchestrator.service_layer.payment_sagas import PaymentSagas
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def build(config: ServiceConfig) -> tuple[object, list[object]]:
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    peers = Peers(config.peer_addresses, config.peer_deadline_seconds)
+    sagas = PaymentSagas(
+        payments=peers.stub("payments", PaymentServiceStub),
+        wallet=peers.stub("wallet", WalletServiceStub),
+        fraud=peers.stub("fraud", FraudServiceStub),
+        merchants=peers.stub("merchants", MerchantsServiceStub),
+    )
+    engine = SagaEngine(
+        db, sagas.definitions(), lease_seconds=float(integer("INTERPAY_SAGA_LEASE_SECONDS", 15))
+    )
+    recovery = Periodic(
+        "recover-sagas", float(integer("INTERPAY_SAGA_RECOVERY_INTERVAL_SECONDS", 2)), engine.recover
+    )
+    return OrchestratorServicer(engine), [db, peers, recovery]
+
+
+def main() -> None:
+    run("orchestrator", build)  # type: ignore[arg-type]

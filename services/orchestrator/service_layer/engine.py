@@ -1,0 +1,269 @@
+"""The saga engine: runs a saga's steps in order, persisting state before and after each
+one, compensates the completed steps in reverse order after a business failure, and lets
+any replica resume a saga whose runner died.
+
+- A saga's id is derived from its reference, so starting the same saga twice is one saga.
+- One runner at a time: a runner holds a lease (renewed at every move); another replica
+  takes over only once the lease has expired (`claim_due`, FOR UPDATE SKIP LOCKED).
+- Every step runs with its own idempotency key `<saga id>-<step>`, so a step repeated
+  after a crash (it ran, but its success was never recorded) is one effect.
+- Business refusals (FAILED_PRECONDITION, NOT_FOUND, ...) compensate; anything else
+  (UNAVAILABLE, DEADLINE_EXCEEDED, a crash) is retried later with backoff, the same step
+  again, until the faults stop.
+- Secret inputs (a CVV) live only in this process's memory for the first run and are
+  never written anywhere; a saga resumed elsewhere runs without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_status import rpc_status
+
+from services.framework.db import Database
+from services.framework.errors import FailedPrecondition, NotFound, error_info
+from services.orchestrator.adapters.repository import SagaRecord, SagaRepository, StepRecord
+from services.orchestrator.domain.saga import (
+    BusinessFailure,
+    SagaContext,
+    SagaDefinition,
+    SagaState,
+    StepState,
+    TransientFailure,
+)
+
+log = logging.getLogger("interpay.saga")
+
+SAGA_NAMESPACE = uuid.UUID("2b4f7d0e-1c3a-4e55-9f1d-6a7b8c9d0e1f")
+_BUSINESS_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+
+
+class SagaNotFound(NotFound):
+    default_reason = "SAGA_NOT_FOUND"
+
+
+def classify(exc: BaseException) -> BusinessFailure | TransientFailure:
+    """A peer's refusal is a business failure (with the peer's ErrorInfo reason); every
+    other failure is transient."""
+    if isinstance(exc, BusinessFailure | TransientFailure):
+        return exc
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _BUSINESS_CODES:
+        status = rpc_status.from_call(exc)
+        info = error_info(status) if status else None
+        return BusinessFailure(info.reason if info else exc.code().name, exc.details() or "")
+    return TransientFailure(str(exc) or type(exc).__name__)
+
+
+def backoff_seconds(attempts: int) -> float:
+    return float(min(30.0, 0.2 * 2 ** min(attempts, 8)))
+
+
+class SagaEngine:
+    def __init__(
+        self,
+        db: Database,
+        definitions: Mapping[str, SagaDefinition],
+        lease_seconds: float = 15.0,
+        owner: str | None = None,
+    ) -> None:
+        self.db = db
+        self.definitions = dict(definitions)
+        self.lease_seconds = lease_seconds
+        self.owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._secrets: dict[uuid.UUID, Message] = {}
+
+    async def start(
+        self,
+        saga_type: str,
+        reference: str,
+        reference_id: uuid.UUID,
+        input_: Message,
+        secret: Message | None = None,
+    ) -> uuid.UUID:
+        """Creates the saga (or finds it: idempotent on `reference`) and drives it as far as
+        it goes now. Returns its id; read its outcome with `load`."""
+        saga_id = uuid.uuid5(SAGA_NAMESPACE, reference)
+        payload = input_.SerializeToString(deterministic=True)
+        async with self.db.transaction() as conn:
+            repo = SagaRepository(conn)
+            created = await repo.insert(saga_id, saga_type, reference, reference_id, payload)
+            existing = None if created else await repo.get(saga_id)
+        if existing is not None and (existing.saga_type != saga_type or existing.input != payload):
+            raise FailedPrecondition(
+                f"reference {reference!r} already started a different saga",
+                reason="IDEMPOTENCY_MISMATCH",
+                metadata={"reference": reference, "saga_id": str(saga_id)},
+            )
+        if created and secret is not None:
+            self._secrets[saga_id] = secret
+        try:
+            await self.run(saga_id)
+        finally:
+            self._secrets.pop(saga_id, None)
+        return saga_id
+
+    async def load(self, saga_id: uuid.UUID) -> tuple[SagaRecord, list[StepRecord]]:
+        async with self.db.transaction() as conn:
+            repo = SagaRepository(conn)
+            saga = await repo.get(saga_id)
+            if saga is None:
+                raise SagaNotFound(f"saga {saga_id} does not exist", metadata={"saga_id": str(saga_id)})
+            return saga, await repo.steps(saga_id)
+
+    async def run(self, saga_id: uuid.UUID) -> None:
+        """Drives one saga if no other runner holds it."""
+        async with self.db.transaction() as conn:
+            saga = await SagaRepository(conn).acquire(saga_id, self.owner, self.lease_seconds)
+        if saga is not None:
+            await self._drive(saga)
+
+    async def recover(self, batch: int = 20) -> int:
+        """Resumes sagas whose runner died or whose retry is due (every replica runs this)."""
+        async with self.db.transaction() as conn:
+            claimed = await SagaRepository(conn).claim_due(
+                self.owner, self.lease_seconds, batch, list(self.definitions)
+            )
+        for saga_id in claimed:
+            async with self.db.transaction() as conn:
+                saga = await SagaRepository(conn).get(saga_id)
+            if saga is not None:
+                await self._drive(saga)
+        return len(claimed)
+
+    async def retry(self, saga_id: uuid.UUID) -> None:
+        async with self.db.transaction() as conn:
+            reopened = await SagaRepository(conn).reopen(saga_id)
+        if reopened:
+            await self.run(saga_id)
+
+    # -- the runner ---------------------------------------------------------------------
+    async def _drive(self, saga: SagaRecord) -> None:
+        definition = self.definitions[saga.saga_type]
+        async with self.db.transaction() as conn:
+            steps = {s.step_index: s for s in await SagaRepository(conn).steps(saga.saga_id)}
+        ctx = SagaContext(
+            saga_id=saga.saga_id,
+            input=definition.input_type.FromString(saga.input),
+            secret=self._secrets.get(saga.saga_id),
+            results={s.name: s.result or {} for s in steps.values() if s.state is StepState.SUCCEEDED},
+            failure=BusinessFailure(saga.failure_code, saga.failure_reason) if saga.failure_code else None,
+        )
+        retry_in: float | None = None
+        try:
+            if saga.state in (SagaState.STARTED, SagaState.RUNNING):
+                retry_in = await self._forward(saga, definition, ctx)
+                if retry_in is None and ctx.failure is not None:
+                    retry_in = await self._compensate(saga, definition, ctx, steps)
+            elif saga.state is SagaState.COMPENSATING:
+                retry_in = await self._compensate(saga, definition, ctx, steps)
+        finally:
+            async with self.db.transaction() as conn:
+                await SagaRepository(conn).release(saga.saga_id, self.owner, retry_in)
+
+    async def _move(self, saga: SagaRecord, **changes: Any) -> None:
+        async with self.db.transaction() as conn:
+            await SagaRepository(conn).set_state(saga.saga_id, self.owner, self.lease_seconds, **changes)
+
+    async def _step(
+        self, saga: SagaRecord, index: int, name: str, state: StepState, key: str, **fields: Any
+    ) -> None:
+        async with self.db.transaction() as conn:
+            repo = SagaRepository(conn)
+            await repo.record_step(saga.saga_id, index, name, state, key, **fields)
+            await repo.set_state(saga.saga_id, self.owner, self.lease_seconds)
+
+    async def _forward(self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext) -> float | None:
+        """Runs the remaining steps; returns a retry delay if a step must be tried again later."""
+        await self._move(saga, state=SagaState.RUNNING)
+        for index in range(saga.next_step, len(definition.steps)):
+            step = definition.steps[index]
+            key = ctx.key(step.name)
+            if not step.when(ctx):
+                await self._step(saga, index, step.name, StepState.SUCCEEDED, key, result={"skipped": True})
+                await self._move(saga, next_step=index + 1)
+                continue
+            await self._step(saga, index, step.name, StepState.RUNNING, key, attempt=True)
+            try:
+                result = await step.action(ctx)
+            except Exception as exc:
+                failure = classify(exc)
+                await self._step(
+                    saga,
+                    index,
+                    step.name,
+                    StepState.FAILED if isinstance(failure, BusinessFailure) else StepState.RUNNING,
+                    key,
+                    error=str(failure)[:500],
+                )
+                if isinstance(failure, TransientFailure):
+                    log.warning(
+                        "saga step will be retried",
+                        extra={"saga_id": str(saga.saga_id), "step": step.name, "error": str(failure)},
+                    )
+                    return backoff_seconds(saga.attempts)
+                ctx.failure = failure
+                await self._move(
+                    saga,
+                    state=SagaState.COMPENSATING,
+                    failure_code=failure.reason,
+                    failure_reason=failure.message[:500],
+                )
+                return None
+            ctx.results[step.name] = result
+            await self._step(saga, index, step.name, StepState.SUCCEEDED, key, result=result)
+            await self._move(saga, next_step=index + 1)
+            if result.get("halt"):
+                break
+        await self._move(saga, state=SagaState.COMPLETED)
+        return None
+
+    async def _compensate(
+        self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext, steps: dict[int, StepRecord]
+    ) -> float | None:
+        async with self.db.transaction() as conn:
+            steps = {s.step_index: s for s in await SagaRepository(conn).steps(saga.saga_id)}
+        for index in sorted(steps, reverse=True):
+            record = steps[index]
+            step = definition.steps[index]
+            if record.state not in (StepState.SUCCEEDED, StepState.COMPENSATING) or step.compensate is None:
+                continue
+            if (record.result or {}).get("skipped"):
+                continue
+            key = ctx.key(step.name)
+            await self._step(saga, index, step.name, StepState.COMPENSATING, key)
+            try:
+                await step.compensate(ctx)
+            except Exception as exc:
+                failure = classify(exc)
+                if isinstance(failure, TransientFailure):
+                    await self._step(saga, index, step.name, StepState.COMPENSATING, key, error=str(failure))
+                    return backoff_seconds(saga.attempts)
+                # A refusal to undo means there is nothing left to undo (a hold already
+                # released or expired): the compensation's goal holds.
+                log.info(
+                    "compensation found nothing to undo",
+                    extra={"saga_id": str(saga.saga_id), "step": step.name, "reason": failure.reason},
+                )
+            await self._step(saga, index, step.name, StepState.COMPENSATED, key)
+        if definition.on_failure is not None:
+            try:
+                await definition.on_failure(ctx)
+            except Exception as exc:
+                if isinstance(classify(exc), TransientFailure):
+                    return backoff_seconds(saga.attempts)
+                log.error("failure handler refused", extra={"saga_id": str(saga.saga_id), "error": str(exc)})
+        await self._move(saga, state=SagaState.COMPENSATED)
+        return None

@@ -1,0 +1,34 @@
+"""The payments service's composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interpay.orchestrator.v1.orchestrator_service_pb2_grpc import OrchestratorServiceStub
+
+from services.framework.config import ServiceConfig, integer
+from services.framework.db import Database
+from services.framework.peers import Peers
+from services.framework.periodic import Periodic
+from services.framework.server import run
+from services.payments.entrypoints.grpc_api import PaymentServicer
+from services.payments.service_layer.payments import Payments
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def build(config: ServiceConfig) -> tuple[object, list[object]]:
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    peers = Peers(config.peer_addresses, config.peer_deadline_seconds)
+    payments = Payments(db, peers.stub("orchestrator", OrchestratorServiceStub))
+    review_timeout = float(integer("INTERPAY_REVIEW_TIMEOUT_SECONDS", 72 * 3600))
+    expiry = Periodic(
+        "expire-payments",
+        float(integer("INTERPAY_PAYMENT_EXPIRY_INTERVAL_SECONDS", 30)),
+        lambda: payments.expire(review_timeout),
+    )
+    return PaymentServicer(payments), [db, peers, expiry]
+
+
+def main() -> None:
+    run("payments", build)  # type: ignore[arg-type]
