@@ -103,7 +103,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "interpay.vault.v1.VaultService",
         "interpay.vault.v1.vault_service_pb2",
         internal_callers={
-            "DetokenizeCard": ("payments",),  # the processor adapter lives in payments
+            "DetokenizeCard": ("orchestrator",),  # the card processor adapter lives there
             "RotateDataKey": (),
             "GetKeyStatus": (),
         },

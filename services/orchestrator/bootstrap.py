@@ -8,6 +8,7 @@ from pathlib import Path
 from interpay.fraud.v1.fraud_service_pb2_grpc import FraudServiceStub
 from interpay.merchants.v1.merchants_service_pb2_grpc import MerchantsServiceStub
 from interpay.payments.v1.payments_service_pb2_grpc import PaymentServiceStub
+from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from services.framework.config import ServiceConfig, integer
@@ -15,6 +16,7 @@ from services.framework.db import Database
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
+from services.orchestrator.adapters.card_processor import SimulatedProcessor
 from services.orchestrator.entrypoints.grpc_api import OrchestratorServicer
 from services.orchestrator.service_layer.engine import SagaEngine
 from services.orchestrator.service_layer.payment_sagas import PaymentSagas
@@ -30,6 +32,10 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         wallet=peers.stub("wallet", WalletServiceStub),
         fraud=peers.stub("fraud", FraudServiceStub),
         merchants=peers.stub("merchants", MerchantsServiceStub),
+        vault=peers.stub("vault", VaultServiceStub),
+        processor=SimulatedProcessor(
+            timeout_seconds=float(integer("INTERPAY_PROCESSOR_TIMEOUT_MILLISECONDS", 2000)) / 1000
+        ),
     )
     engine = SagaEngine(
         db, sagas.definitions(), lease_seconds=float(integer("INTERPAY_SAGA_LEASE_SECONDS", 15))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interpay.orchestrator.v1.orchestrator_service_pb2_grpc import OrchestratorServiceStub
+from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
 
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
@@ -20,7 +21,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
     peers = Peers(config.peer_addresses, config.peer_deadline_seconds)
-    payments = Payments(db, peers.stub("orchestrator", OrchestratorServiceStub))
+    payments = Payments(
+        db, peers.stub("orchestrator", OrchestratorServiceStub), peers.stub("vault", VaultServiceStub)
+    )
     review_timeout = float(integer("INTERPAY_REVIEW_TIMEOUT_SECONDS", 72 * 3600))
     expiry = Periodic(
         "expire-payments",

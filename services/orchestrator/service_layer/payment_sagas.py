@@ -1,13 +1,20 @@
 """The payment, capture, cancel and refund sagas, step by step.
 
-Payment (wallet payer):  fraud → [review: halt] → merchant → authorize (hold, compensated
-by releasing it) → authorized → capture (the pivot) → fee → captured. A refusal before
-the pivot releases the hold and records the payment FAILED; past it, steps only go
-forward. Each step calls one peer with the idempotency key `<saga id>-<step>`.
+Payment:  card → fraud → [review: halt] → merchant → authorize → authorized → capture (the
+pivot) → fee → captured. A refusal before the pivot undoes the authorisation and records
+the payment FAILED; past it, steps only go forward. Each step calls its peers with the
+idempotency key `<saga id>-<step>`, so a repeated step is harmless.
+
+The payer is a wallet or a card. A wallet payment authorises with a wallet hold (undone by
+releasing it) and captures the hold to the merchant's settlement wallet. A card payment
+authorises through the card processor (undone by a void) after the vault detokenises the
+card for it; capture asks the processor for the money and credits the merchant from the
+funding account, through which card money enters the ledger. Refunds run the other way.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,9 +27,17 @@ from interpay.merchants.v1.merchants_service_pb2_grpc import MerchantsServiceStu
 from interpay.orchestrator.v1 import orchestrator_service_pb2 as pb
 from interpay.payments.v1 import payments_service_pb2 as payments_pb
 from interpay.payments.v1.payments_service_pb2_grpc import PaymentServiceStub
+from interpay.vault.v1 import vault_service_pb2 as vault_pb
+from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
 from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
+from services.orchestrator.adapters.card_processor import (
+    CardDetails,
+    ProcessorDeclined,
+    ProcessorTimeout,
+    SimulatedProcessor,
+)
 from services.orchestrator.domain.saga import BusinessFailure, SagaContext, SagaDefinition, Step
 from services.orchestrator.service_layer.engine import classify
 
@@ -36,12 +51,22 @@ _FAILURE_CODES = {
     "FRAUD_DECLINED": payments_pb.FAILURE_CODE_FRAUD_DECLINED,
     "CARD_DECLINED": payments_pb.FAILURE_CODE_CARD_DECLINED,
     "CARD_EXPIRED": payments_pb.FAILURE_CODE_CARD_EXPIRED,
+    "INCORRECT_CVV": payments_pb.FAILURE_CODE_INCORRECT_CVV,
+    "PROCESSOR_UNAVAILABLE": payments_pb.FAILURE_CODE_PROCESSOR_UNAVAILABLE,
 }
 
 
 def fee_for(amount: int, fee_bps: int) -> int:
     """The platform fee in minor units, rounded half up (integers only)."""
     return (amount * fee_bps + 5_000) // 10_000
+
+
+def _by_card(ctx: SagaContext) -> bool:
+    return bool(ctx.input.card_token)
+
+
+def _paid_by_card(ctx: SagaContext) -> bool:
+    return bool(ctx.results["payment"].get("processor_reference"))
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -57,11 +82,15 @@ class PaymentSagas:
         wallet: WalletServiceStub,
         fraud: FraudServiceStub,
         merchants: MerchantsServiceStub,
+        vault: VaultServiceStub,
+        processor: SimulatedProcessor,
     ) -> None:
         self.payments = payments
         self.wallet = wallet
         self.fraud = fraud
         self.merchants = merchants
+        self.vault = vault
+        self.processor = processor
 
     def definitions(self) -> dict[str, SagaDefinition]:
         automatic = self._automatic
@@ -69,6 +98,7 @@ class PaymentSagas:
             "PAYMENT",
             pb.PaymentSagaInput,
             (
+                Step("card", self._card, when=_by_card),
                 Step("fraud", self._check_fraud, when=lambda c: not c.input.review_approved),
                 Step(
                     "review",
@@ -76,7 +106,7 @@ class PaymentSagas:
                     when=lambda c: c.results.get("fraud", {}).get("decision") == "REVIEW",
                 ),
                 Step("merchant", self._merchant),
-                Step("authorize", self._place_hold, compensate=self._release_hold),
+                Step("authorize", self._authorize, compensate=self._void_authorization),
                 Step("authorized", self._record_authorized),
                 Step("capture", self._capture, when=automatic),
                 Step("fee", self._take_fee, when=automatic, forward_only=True),
@@ -111,6 +141,7 @@ class PaymentSagas:
                 Step("payment", self._refundable_payment),
                 Step("merchant", self._merchant),
                 Step("refund", self._refund),
+                Step("card-refund", self._refund_card, when=_paid_by_card, forward_only=True),
                 Step("recorded", self._record_refunded, forward_only=True),
             ),
             on_failure=self._record_refund_failed,
@@ -144,9 +175,11 @@ class PaymentSagas:
     async def _check_fraud(self, ctx: SagaContext) -> dict[str, Any]:
         i: pb.PaymentSagaInput = ctx.input
         client = i.client_context
-        geo = fraud_pb.GeoLocation(country_code=client.geo.country_code)
-        if client.geo.HasField("latitude"):
-            geo.latitude, geo.longitude = client.geo.latitude, client.geo.longitude
+        geo = None  # only what the edge actually knew: an empty country is not a country
+        if client.geo.country_code:
+            geo = fraud_pb.GeoLocation(country_code=client.geo.country_code)
+            if client.geo.HasField("latitude"):
+                geo.latitude, geo.longitude = client.geo.latitude, client.geo.longitude
         reply = await self.fraud.CheckTransaction(
             fraud_pb.CheckTransactionRequest(
                 reference=ctx.key("fraud"),
@@ -155,7 +188,10 @@ class PaymentSagas:
                 user_id=i.payer_user_id,
                 merchant_id=i.merchant_id,
                 amount=i.amount,
-                payment_method_kind=fraud_pb.PAYMENT_METHOD_KIND_WALLET,
+                payment_method_kind=fraud_pb.PAYMENT_METHOD_KIND_CARD
+                if i.card_token
+                else fraud_pb.PAYMENT_METHOD_KIND_WALLET,
+                card_fingerprint=ctx.results.get("card", {}).get("fingerprint", ""),
                 device_fingerprint=client.device_fingerprint,
                 ip_address=client.ip_address,
                 geo=geo,
@@ -212,6 +248,52 @@ class PaymentSagas:
             )
         return {"settlement_wallet_id": m.settlement_wallet_id, "fee_bps": m.fee_bps}
 
+    async def _card(self, ctx: SagaContext) -> dict[str, Any]:
+        """What the vault may say about the card: its fingerprint, for the fraud rules."""
+        reply = await self.vault.GetCard(vault_pb.GetCardRequest(token=ctx.input.card_token))
+        return {"fingerprint": reply.card.fingerprint}
+
+    async def _authorize(self, ctx: SagaContext) -> dict[str, Any]:
+        if ctx.input.card_token:
+            return await self._authorize_card(ctx)
+        return await self._place_hold(ctx)
+
+    async def _void_authorization(self, ctx: SagaContext) -> None:
+        result = ctx.results["authorize"]
+        if "processor_reference" in result:
+            await self.processor.void(authorization=result["processor_reference"])
+        else:
+            await self._release_hold(ctx)
+
+    async def _authorize_card(self, ctx: SagaContext) -> dict[str, Any]:
+        i: pb.PaymentSagaInput = ctx.input
+        card = await self.vault.DetokenizeCard(
+            vault_pb.DetokenizeCardRequest(token=i.card_token, payment_id=i.payment_id)
+        )
+        secret = ctx.secret
+        details = CardDetails(
+            pan=card.pan,
+            expiry_month=card.expiry_month,
+            expiry_year=card.expiry_year,
+            cvv=secret.cvv if secret is not None else "",  # type: ignore[attr-defined]
+        )
+        reference = ctx.key("authorize")
+        try:
+            authorization = await asyncio.wait_for(
+                self.processor.authorize(reference, details, i.amount), self.processor.timeout_seconds
+            )
+        except (ProcessorTimeout, TimeoutError):
+            # The answer never came: the authorisation may exist. Void it so the payer
+            # cannot be charged, then fail the payment.
+            await self.processor.void(request_reference=reference)
+            raise BusinessFailure(
+                "PROCESSOR_UNAVAILABLE", "the card processor did not answer in time; nothing was charged"
+            ) from None
+        except ProcessorDeclined as declined:
+            raise BusinessFailure(declined.code, declined.message) from None
+        expires = datetime.now(UTC) + AUTHORIZATION_TTL
+        return {"processor_reference": authorization, "expire_time": _timestamp(expires).ToJsonString()}
+
     async def _place_hold(self, ctx: SagaContext) -> dict[str, Any]:
         i: pb.PaymentSagaInput = ctx.input
         expires = datetime.now(UTC) + AUTHORIZATION_TTL
@@ -231,30 +313,39 @@ class PaymentSagas:
         )
 
     async def _record_authorized(self, ctx: SagaContext) -> dict[str, Any]:
-        hold = ctx.results["authorize"]
+        authorization = ctx.results["authorize"]
         expires = Timestamp()
-        expires.FromJsonString(hold["expire_time"])
+        expires.FromJsonString(authorization["expire_time"])
+        if "processor_reference" in authorization:
+            how = {"processor_reference": authorization["processor_reference"]}
+            reason = "authorised by the card processor"
+        else:
+            how = {"wallet_hold_id": authorization["hold_id"]}
+            reason = "funds held on the payer's wallet"
         await self._transition(
             ctx,
             "authorized",
             Payment.STATE_AUTHORIZED,
-            "funds held on the payer's wallet",
-            wallet_hold_id=hold["hold_id"],
+            reason,
             fraud_assessment=self._assessment(ctx),
             authorization_expire_time=expires,
+            **how,
         )
         return {}
 
-    def _hold_id(self, ctx: SagaContext) -> str:
-        if "authorize" in ctx.results:
-            return str(ctx.results["authorize"]["hold_id"])
-        return str(ctx.results["payment"]["hold_id"])
+    def _authorization(self, ctx: SagaContext) -> dict[str, str]:
+        """The hold or the card authorisation: this saga's own, or the payment's."""
+        source = ctx.results["authorize"] if "authorize" in ctx.results else ctx.results["payment"]
+        return {key: source.get(key, "") for key in ("hold_id", "processor_reference")}
 
     async def _capture(self, ctx: SagaContext) -> dict[str, Any]:
         amount: Money = ctx.input.amount
+        authorization = self._authorization(ctx)
+        if authorization["processor_reference"]:
+            return await self._capture_card(ctx, authorization["processor_reference"])
         reply = await self.wallet.CaptureHold(
             wallet_pb.CaptureHoldRequest(
-                hold_id=self._hold_id(ctx),
+                hold_id=authorization["hold_id"],
                 destination_wallet_id=ctx.results["merchant"]["settlement_wallet_id"],
                 amount=amount,
                 reference=ctx.key("capture"),
@@ -266,20 +357,45 @@ class PaymentSagas:
             "currency": amount.currency,
         }
 
+    async def _capture_card(self, ctx: SagaContext, authorization: str) -> dict[str, Any]:
+        """The processor captures on the card (the rest of the authorisation lapses), and
+        the same money enters the ledger from the funding account to the merchant."""
+        amount: Money = ctx.input.amount
+        reference = ctx.key("capture")
+        await self.processor.capture(authorization, amount, reference)
+        funding = await self._system_wallet(wallet_pb.SYSTEM_ACCOUNT_FUNDING, amount.currency)
+        reply = await self.wallet.TransferFunds(
+            wallet_pb.TransferFundsRequest(
+                source_wallet_id=funding,
+                destination_wallet_id=ctx.results["merchant"]["settlement_wallet_id"],
+                amount=amount,
+                reference=reference,
+                kind=wallet_pb.TRANSACTION_KIND_CAPTURE,
+                description=f"card capture for payment {ctx.input.payment_id}",
+            )
+        )
+        return {
+            "transaction_id": reply.transaction_id,
+            "captured_minor": amount.amount_minor,
+            "currency": amount.currency,
+        }
+
+    async def _system_wallet(self, account: int, currency: str) -> str:
+        reply = await self.wallet.GetSystemWallet(
+            wallet_pb.GetSystemWalletRequest(account=account, currency=currency)  # type: ignore[arg-type]
+        )
+        return str(reply.wallet.wallet_id)
+
     async def _take_fee(self, ctx: SagaContext) -> dict[str, Any]:
         captured = ctx.results["capture"]
         fee = fee_for(captured["captured_minor"], ctx.results["merchant"]["fee_bps"])
         if fee == 0:
             return {"fee_minor": 0}
-        fees = await self.wallet.GetSystemWallet(
-            wallet_pb.GetSystemWalletRequest(
-                account=wallet_pb.SYSTEM_ACCOUNT_FEES, currency=captured["currency"]
-            )
-        )
+        fees = await self._system_wallet(wallet_pb.SYSTEM_ACCOUNT_FEES, captured["currency"])
         await self.wallet.TransferFunds(
             wallet_pb.TransferFundsRequest(
                 source_wallet_id=ctx.results["merchant"]["settlement_wallet_id"],
-                destination_wallet_id=fees.wallet.wallet_id,
+                destination_wallet_id=fees,
                 amount=Money(amount_minor=fee, currency=captured["currency"]),
                 reference=ctx.key("fee"),
                 kind=wallet_pb.TRANSACTION_KIND_FEE,
@@ -316,6 +432,7 @@ class PaymentSagas:
         return {
             "merchant_id": p.merchant_id,
             "hold_id": p.wallet_hold_id,
+            "processor_reference": p.processor_reference,
             "payer_wallet_id": p.payer_wallet_id,
             "amount_minor": p.amount.amount_minor,
             "currency": p.amount.currency,
@@ -344,6 +461,9 @@ class PaymentSagas:
         return self._payment_facts(p)
 
     async def _release_for_cancel(self, ctx: SagaContext) -> dict[str, Any]:
+        if ctx.results["payment"].get("processor_reference"):
+            await self.processor.void(authorization=ctx.results["payment"]["processor_reference"])
+            return {}
         hold_id = ctx.results["payment"]["hold_id"]
         if hold_id:
             try:
@@ -367,11 +487,18 @@ class PaymentSagas:
         return self._payment_facts(p)
 
     async def _refund(self, ctx: SagaContext) -> dict[str, Any]:
+        """The merchant pays the refund back: to the payer's wallet, or for a card to the
+        funding account, from which the next step sends it to the card."""
         i: pb.RefundSagaInput = ctx.input
+        facts = ctx.results["payment"]
+        if facts.get("processor_reference"):
+            destination = await self._system_wallet(wallet_pb.SYSTEM_ACCOUNT_FUNDING, i.amount.currency)
+        else:
+            destination = facts["payer_wallet_id"]
         reply = await self.wallet.TransferFunds(
             wallet_pb.TransferFundsRequest(
                 source_wallet_id=ctx.results["merchant"]["settlement_wallet_id"],
-                destination_wallet_id=ctx.results["payment"]["payer_wallet_id"],
+                destination_wallet_id=destination,
                 amount=i.amount,
                 reference=ctx.key("refund"),
                 kind=wallet_pb.TRANSACTION_KIND_REFUND,
@@ -379,6 +506,12 @@ class PaymentSagas:
             )
         )
         return {"transaction_id": reply.transaction_id}
+
+    async def _refund_card(self, ctx: SagaContext) -> dict[str, Any]:
+        reference = await self.processor.refund(
+            ctx.results["payment"]["processor_reference"], ctx.input.amount, ctx.key("card-refund")
+        )
+        return {"processor_refund": reference}
 
     async def _record_refunded(self, ctx: SagaContext) -> dict[str, Any]:
         await self.payments.RecordRefundOutcome(

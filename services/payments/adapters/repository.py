@@ -14,7 +14,8 @@ _PAYMENT_COLUMNS = (
     "payment_id, merchant_id, payer_wallet_id, card_token, payer_user_id, amount, currency, "
     "captured_amount, refunded_amount, fee_amount, capture_method, description, merchant_reference, "
     "client_context, state, failure_code, failure_reason, fraud_assessment, wallet_hold_id, "
-    "processor_reference, request_hash, version, authorization_expires_at, created_at, updated_at"
+    "processor_reference, request_hash, version, authorization_expires_at, created_at, updated_at, "
+    "card_summary"
 )
 _REFUND_COLUMNS = (
     "refund_id, payment_id, amount, currency, reason, state, failure_reason, request_hash, "
@@ -29,6 +30,7 @@ def _payment(row: dict[str, Any]) -> Payment:
             "state": State(row["state"]),
             "client_context": bytes(row["client_context"]),
             "fraud_assessment": bytes(row["fraud_assessment"]) if row["fraud_assessment"] else None,
+            "card_summary": bytes(row["card_summary"]) if row["card_summary"] else None,
         }
     )
 

@@ -67,6 +67,7 @@ class Payment:
     authorization_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    card_summary: bytes | None = None  # a serialised CardSummary, for a card payment
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def payment_pb(p: Payment) -> pb.Payment:
         message.payer_wallet_id = str(p.payer_wallet_id)
     if p.card_token:
         message.card_token = str(p.card_token)
+    if p.card_summary:
+        message.card.ParseFromString(p.card_summary)
     if p.fraud_assessment:
         message.fraud_assessment.ParseFromString(p.fraud_assessment)
     if p.authorization_expires_at:

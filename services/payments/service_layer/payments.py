@@ -21,10 +21,12 @@ from interpay.common.v1.money_pb2 import Money
 from interpay.orchestrator.v1 import orchestrator_service_pb2 as saga_pb
 from interpay.orchestrator.v1.orchestrator_service_pb2_grpc import OrchestratorServiceStub
 from interpay.payments.v1 import payments_service_pb2 as pb
+from interpay.vault.v1 import vault_service_pb2 as vault_pb
+from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
 
 from services.framework import paging
 from services.framework.db import Database
-from services.framework.errors import Aborted, FailedPrecondition, ServiceError, Unimplemented
+from services.framework.errors import Aborted, FailedPrecondition, ServiceError
 from services.payments.adapters.repository import PaymentRepository
 from services.payments.domain.model import (
     Payment,
@@ -47,6 +49,8 @@ _REASONS = {
     "FRAUD_DECLINED": "FRAUD_DECLINED",
     "CARD_DECLINED": "CARD_DECLINED",
     "CARD_EXPIRED": "CARD_EXPIRED",
+    "INCORRECT_CVV": "CARD_DECLINED",
+    "PROCESSOR_UNAVAILABLE": "PROCESSOR_UNAVAILABLE",
 }
 
 
@@ -91,10 +95,15 @@ class RequestInProgress(Aborted):
 
 class Payments:
     def __init__(
-        self, db: Database, orchestrator: OrchestratorServiceStub, saga_deadline_seconds: float = 30.0
+        self,
+        db: Database,
+        orchestrator: OrchestratorServiceStub,
+        vault: VaultServiceStub,
+        saga_deadline_seconds: float = 30.0,
     ) -> None:
         self.db = db
         self.orchestrator = orchestrator
+        self.vault = vault
         self.saga_deadline = saga_deadline_seconds
 
     async def get(self, payment_id: uuid.UUID) -> Payment:
@@ -105,11 +114,7 @@ class Payments:
         return payment
 
     async def create(self, request: pb.CreatePaymentRequest, idempotency_key: str | None) -> Payment:
-        if request.WhichOneof("payer") == "card_token":
-            raise Unimplemented(
-                "card payments arrive with the card processor adapter; pay from a wallet",
-                metadata={"field": "card_token"},
-            )
+        card_summary = await self._card_summary(request.card_token) if request.card_token else None
         payment_id = derived_id(request.merchant_id, idempotency_key) if idempotency_key else uuid.uuid4()
         digest = request_hash(request, without=("cvv",))
         async with self.db.transaction() as conn:
@@ -119,6 +124,8 @@ class Payments:
                     "payment_id": payment_id,
                     "merchant_id": request.merchant_id,
                     "payer_wallet_id": request.payer_wallet_id or None,
+                    "card_token": request.card_token or None,
+                    "card_summary": card_summary,
                     "payer_user_id": request.payer_user_id or None,
                     "amount": request.amount.amount_minor,
                     "currency": request.amount.currency,
@@ -144,26 +151,41 @@ class Payments:
                 payment = await repo.transition(
                     payment, State.PENDING, f"{payment_id}-pending", "handed to the payment saga"
                 )
-        saga = await self._start_payment_saga(payment, review_approved=False)
+        saga = await self._start_payment_saga(payment, review_approved=False, cvv=request.cvv)
         return await self._settled(payment_id, saga)
+
+    async def _card_summary(self, token: str) -> bytes:
+        """What may be shown of the card; an unknown token is the vault's NOT_FOUND."""
+        card = (await self.vault.GetCard(vault_pb.GetCardRequest(token=token))).card
+        return pb.CardSummary(
+            brand=card.brand,  # type: ignore[arg-type]  # the two enums share their values
+            last4=card.last4,
+            expiry_month=card.expiry_month,
+            expiry_year=card.expiry_year,
+        ).SerializeToString(deterministic=True)
 
     async def _start_payment_saga(
         self, payment: Payment, *, review_approved: bool, cvv: str = ""
     ) -> saga_pb.Saga:
         context = pb.ClientContext.FromString(payment.client_context)
+        payer = (
+            {"card_token": str(payment.card_token)}
+            if payment.card_token
+            else {"payer_wallet_id": str(payment.payer_wallet_id)}
+        )
         reply = await self.orchestrator.StartPaymentSaga(
             saga_pb.StartPaymentSagaRequest(
                 reference=f"payment:{payment.payment_id}{':approved' if review_approved else ''}",
                 input=saga_pb.PaymentSagaInput(
                     payment_id=str(payment.payment_id),
                     merchant_id=str(payment.merchant_id),
-                    payer_wallet_id=str(payment.payer_wallet_id),
                     cvv=cvv,
                     payer_user_id=str(payment.payer_user_id) if payment.payer_user_id else "",
                     amount=Money(amount_minor=payment.amount, currency=payment.currency),
                     capture_method=pb.CaptureMethod.Value(f"CAPTURE_METHOD_{payment.capture_method}"),
                     client_context=context,
                     review_approved=review_approved,
+                    **payer,
                 ),
             ),
             timeout=self.saga_deadline,

@@ -132,9 +132,9 @@ class VaultServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DetokenizeCard(self, request, context):
-        """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the payments
-        service's processor adapter may call it, to authorise a card payment with
-        the card processor; the mesh allowlist admits no other caller, and the
+        """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the orchestrator's
+        card processor adapter may call it, to authorise a card payment with the
+        card processor; the mesh allowlist admits no other caller, and the
         vault refuses every other mTLS identity with PERMISSION_DENIED. Every call
         is written to the audit log with the caller and the payment it is for.
         The caller must hold the response only in memory for the one processor

@@ -66,9 +66,9 @@ class VaultServiceStub:
     NOT_FOUND.
     """
     DetokenizeCard: _grpc.UnaryUnaryMultiCallable[_vault_service_pb2.DetokenizeCardRequest, _vault_service_pb2.DetokenizeCardResponse]
-    """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the payments
-    service's processor adapter may call it, to authorise a card payment with
-    the card processor; the mesh allowlist admits no other caller, and the
+    """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the orchestrator's
+    card processor adapter may call it, to authorise a card payment with the
+    card processor; the mesh allowlist admits no other caller, and the
     vault refuses every other mTLS identity with PERMISSION_DENIED. Every call
     is written to the audit log with the caller and the payment it is for.
     The caller must hold the response only in memory for the one processor
@@ -126,9 +126,9 @@ class VaultServiceAsyncStub(VaultServiceStub):
     NOT_FOUND.
     """
     DetokenizeCard: _aio.UnaryUnaryMultiCallable[_vault_service_pb2.DetokenizeCardRequest, _vault_service_pb2.DetokenizeCardResponse]  # type: ignore[assignment]
-    """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the payments
-    service's processor adapter may call it, to authorise a card payment with
-    the card processor; the mesh allowlist admits no other caller, and the
+    """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the orchestrator's
+    card processor adapter may call it, to authorise a card payment with the
+    card processor; the mesh allowlist admits no other caller, and the
     vault refuses every other mTLS identity with PERMISSION_DENIED. Every call
     is written to the audit log with the caller and the payment it is for.
     The caller must hold the response only in memory for the one processor
@@ -207,9 +207,9 @@ class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vault_service_pb2.DetokenizeCardRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vault_service_pb2.DetokenizeCardResponse, _abc.Awaitable[_vault_service_pb2.DetokenizeCardResponse]]:
-        """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the payments
-        service's processor adapter may call it, to authorise a card payment with
-        the card processor; the mesh allowlist admits no other caller, and the
+        """Internal. RETURNS THE FULL CARD NUMBER IN CLEAR. Only the orchestrator's
+        card processor adapter may call it, to authorise a card payment with the
+        card processor; the mesh allowlist admits no other caller, and the
         vault refuses every other mTLS identity with PERMISSION_DENIED. Every call
         is written to the audit log with the caller and the payment it is for.
         The caller must hold the response only in memory for the one processor
