@@ -161,3 +161,46 @@ async def test_another_runner_finishes_a_saga_whose_runner_died(db: Database, pr
     assert ledger.log == ["one", "two", "two", "three"]  # B repeated the unrecorded step...
     assert sorted(ledger.effects.values()) == ["one", "three", "two"]  # ...with the same key: one effect
     assert steps[1].attempts == 2  # started by A, finished by B
+
+
+async def test_concurrent_starts_in_one_process_run_each_step_once(db: Database) -> None:
+    ledger, saga_type = Ledger(), f"TEST_{uuid.uuid4().hex[:8]}"
+    engine = SagaEngine(db, {saga_type: definition(ledger, saga_type)})
+    reference, saga_input, reference_id = f"ref-{uuid.uuid4()}", _input(), uuid.uuid4()
+    ids = await asyncio.gather(
+        *(engine.start(saga_type, reference, reference_id, saga_input) for _ in range(10))
+    )
+    assert len(set(ids)) == 1
+    for _ in range(50):  # a start that found the saga busy leaves it to its runner
+        if (await engine.load(ids[0]))[0].state.terminal:
+            break
+        await asyncio.sleep(0.05)
+    assert (await engine.load(ids[0]))[0].state is SagaState.COMPLETED
+    assert ledger.log == ["one", "two", "three"]  # the lease admits one runner, even in-process
+
+
+async def test_a_stalled_runner_that_lost_its_lease_stops(db: Database) -> None:
+    ledger, saga_type = Ledger(), f"TEST_{uuid.uuid4().hex[:8]}"
+    ledger.block["two"] = asyncio.Event()  # runner A stalls inside step two past its lease
+    slow = SagaEngine(db, {saga_type: definition(ledger, saga_type)}, lease_seconds=1, owner="slow")
+    task_a = asyncio.ensure_future(slow.start(saga_type, f"ref-{uuid.uuid4()}", uuid.uuid4(), _input()))
+    for _ in range(250):  # until A holds the lease and is inside step two
+        if "two" in ledger.log:
+            break
+        await asyncio.sleep(0.02)
+    other = SagaEngine(db, {saga_type: definition(ledger, saga_type)}, lease_seconds=30, owner="other")
+    task_b: asyncio.Future[int] | None = None
+    for _ in range(100):  # once A's lease has expired, B takes over and repeats step two
+        if task_b is None or task_b.done():
+            task_b = asyncio.ensure_future(other.recover())
+        if ledger.log.count("two") == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert ledger.log.count("two") == 2, ledger.log
+    ledger.block.pop("two").set()  # both runners wake up
+    await asyncio.wait_for(asyncio.gather(task_a, task_b), 10)
+    saga_id = next(iter({uuid.UUID(k.rsplit("-", 1)[0]) for k in ledger.effects}))
+    saga, steps = await other.load(saga_id)
+    assert saga.state is SagaState.COMPLETED
+    assert ledger.log.count("three") == 1  # A found its lease gone and took no further step
+    assert sorted(set(ledger.effects.values())) == ["one", "three", "two"]

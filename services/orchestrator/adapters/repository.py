@@ -18,6 +18,13 @@ _SAGA_COLUMNS = (
 )
 
 
+class LeaseLost(Exception):
+    """Another runner holds the saga now; this one must not take another step."""
+
+    def __init__(self, saga_id: uuid.UUID) -> None:
+        super().__init__(f"the lease on saga {saga_id} was taken over")
+
+
 @dataclass(frozen=True)
 class SagaRecord:
     saga_id: uuid.UUID
@@ -32,6 +39,7 @@ class SagaRecord:
     attempts: int
     created_at: datetime
     updated_at: datetime
+    lease: str = ""  # the runner's lease token, once a runner holds the saga
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,9 @@ class SagaRepository:
             f"UPDATE sagas SET lease_owner = %s, lease_expires_at = now() + %s * interval '1 second', "
             f"attempts = attempts + 1, updated_at = now() "
             f"WHERE saga_id = %s AND state IN ('STARTED', 'RUNNING', 'COMPENSATING') "
-            f"AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires_at < now()) "
+            f"AND (lease_owner IS NULL OR lease_expires_at < now()) "
             f"RETURNING {_SAGA_COLUMNS}",
-            (owner, lease_seconds, saga_id, owner),
+            (owner, lease_seconds, saga_id),
         )
         row = await cur.fetchone()
         return _saga(row) if row else None
@@ -124,8 +132,9 @@ class SagaRepository:
         failure_code: str | None = None,
         failure_reason: str | None = None,
     ) -> None:
-        """Every move of the runner also renews its lease."""
-        await self.conn.execute(
+        """Every move of the runner also renews its lease; a runner whose lease was taken
+        over (it stalled past its expiry) learns it here and must stop."""
+        cur = await self.conn.execute(
             "UPDATE sagas SET state = coalesce(%s, state), next_step = coalesce(%s, next_step), "
             "failure_code = coalesce(%s, failure_code), failure_reason = coalesce(%s, failure_reason), "
             "lease_expires_at = now() + %s * interval '1 second', updated_at = now() "
@@ -140,6 +149,8 @@ class SagaRepository:
                 owner,
             ),
         )
+        if cur.rowcount != 1:
+            raise LeaseLost(saga_id)
 
     async def release(self, saga_id: uuid.UUID, owner: str, retry_in_seconds: float | None) -> None:
         await self.conn.execute(

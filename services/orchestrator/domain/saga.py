@@ -7,6 +7,7 @@ import enum
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
@@ -56,6 +57,9 @@ class SagaContext:
     secret: Message | None  # input fields never persisted in clear (a CVV), absent after a crash
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     failure: BusinessFailure | None = None
+    # When the saga was created: steps that send a time send this one, so that a repeated
+    # step sends the same request as the first attempt.
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def key(self, step: str) -> str:
         """The idempotency key of a step: repeated runs of the step are one effect."""

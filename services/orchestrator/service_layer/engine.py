@@ -16,6 +16,7 @@ any replica resume a saga whose runner died.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import uuid
@@ -28,7 +29,7 @@ from grpc_status import rpc_status
 
 from services.framework.db import Database
 from services.framework.errors import FailedPrecondition, NotFound, error_info
-from services.orchestrator.adapters.repository import SagaRecord, SagaRepository, StepRecord
+from services.orchestrator.adapters.repository import LeaseLost, SagaRecord, SagaRepository, StepRecord
 from services.orchestrator.domain.saga import (
     BusinessFailure,
     SagaContext,
@@ -126,21 +127,22 @@ class SagaEngine:
     async def run(self, saga_id: uuid.UUID) -> None:
         """Drives one saga if no other runner holds it."""
         async with self.db.transaction() as conn:
-            saga = await SagaRepository(conn).acquire(saga_id, self.owner, self.lease_seconds)
+            lease = self._lease()
+            saga = await SagaRepository(conn).acquire(saga_id, lease, self.lease_seconds)
         if saga is not None:
-            await self._drive(saga)
+            await self._drive(saga, lease)
 
     async def recover(self, batch: int = 20) -> int:
         """Resumes sagas whose runner died or whose retry is due (every replica runs this)."""
         async with self.db.transaction() as conn:
             claimed = await SagaRepository(conn).claim_due(
-                self.owner, self.lease_seconds, batch, list(self.definitions)
+                (lease := self._lease()), self.lease_seconds, batch, list(self.definitions)
             )
         for saga_id in claimed:
             async with self.db.transaction() as conn:
                 saga = await SagaRepository(conn).get(saga_id)
             if saga is not None:
-                await self._drive(saga)
+                await self._drive(saga, lease)
         return len(claimed)
 
     async def retry(self, saga_id: uuid.UUID) -> None:
@@ -150,7 +152,13 @@ class SagaEngine:
             await self.run(saga_id)
 
     # -- the runner ---------------------------------------------------------------------
-    async def _drive(self, saga: SagaRecord) -> None:
+    def _lease(self) -> str:
+        """A token for one acquisition: two runs in this process never share a lease, so
+        neither can renew the other's, and a runner that lost its lease finds out."""
+        return f"{self.owner}/{uuid.uuid4().hex[:12]}"
+
+    async def _drive(self, saga: SagaRecord, lease: str) -> None:
+        saga = dataclasses.replace(saga, lease=lease)
         definition = self.definitions[saga.saga_type]
         async with self.db.transaction() as conn:
             steps = {s.step_index: s for s in await SagaRepository(conn).steps(saga.saga_id)}
@@ -160,8 +168,10 @@ class SagaEngine:
             secret=self._secrets.get(saga.saga_id),
             results={s.name: s.result or {} for s in steps.values() if s.state is StepState.SUCCEEDED},
             failure=BusinessFailure(saga.failure_code, saga.failure_reason) if saga.failure_code else None,
+            started_at=saga.created_at,
         )
         retry_in: float | None = None
+        lost = False
         try:
             if saga.state in (SagaState.STARTED, SagaState.RUNNING):
                 retry_in = await self._forward(saga, definition, ctx)
@@ -169,13 +179,17 @@ class SagaEngine:
                     retry_in = await self._compensate(saga, definition, ctx, steps)
             elif saga.state is SagaState.COMPENSATING:
                 retry_in = await self._compensate(saga, definition, ctx, steps)
+        except LeaseLost:
+            lost = True
+            log.warning("saga lease lost; its new runner carries on", extra={"saga_id": str(saga.saga_id)})
         finally:
-            async with self.db.transaction() as conn:
-                await SagaRepository(conn).release(saga.saga_id, self.owner, retry_in)
+            if not lost:
+                async with self.db.transaction() as conn:
+                    await SagaRepository(conn).release(saga.saga_id, saga.lease, retry_in)
 
     async def _move(self, saga: SagaRecord, **changes: Any) -> None:
         async with self.db.transaction() as conn:
-            await SagaRepository(conn).set_state(saga.saga_id, self.owner, self.lease_seconds, **changes)
+            await SagaRepository(conn).set_state(saga.saga_id, saga.lease, self.lease_seconds, **changes)
 
     async def _step(
         self, saga: SagaRecord, index: int, name: str, state: StepState, key: str, **fields: Any
@@ -183,7 +197,7 @@ class SagaEngine:
         async with self.db.transaction() as conn:
             repo = SagaRepository(conn)
             await repo.record_step(saga.saga_id, index, name, state, key, **fields)
-            await repo.set_state(saga.saga_id, self.owner, self.lease_seconds)
+            await repo.set_state(saga.saga_id, saga.lease, self.lease_seconds)
 
     async def _forward(self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext) -> float | None:
         """Runs the remaining steps; returns a retry delay if a step must be tried again later."""

@@ -196,7 +196,7 @@ class PaymentSagas:
                 ip_address=client.ip_address,
                 geo=geo,
                 email=client.email,
-                occur_time=_timestamp(datetime.now(UTC)),
+                occur_time=_timestamp(ctx.started_at),
             )
         )
         check = reply.fraud_check
