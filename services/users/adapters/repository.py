@@ -1,4 +1,6 @@
-"""SQL for users, profiles and refresh sessions."""
+"""SQL for users, profiles, refresh sessions and KYC documents, on one connection inside
+the caller's transaction. Lock order everywhere: the user row (with its profile) first,
+then sessions or documents, so writers queue but never deadlock."""
 
 from __future__ import annotations
 
@@ -8,12 +10,28 @@ from typing import Any
 
 from psycopg import AsyncConnection, errors
 
-from services.users.domain.model import IdentifierTaken, User
+from services.users.domain.model import (
+    DocumentState,
+    DocumentType,
+    IdentifierTaken,
+    KycDocument,
+    PendingDocumentExists,
+    SessionRecord,
+    User,
+    UserState,
+)
 
 _USER_SELECT = (
-    "SELECT u.user_id, u.email, u.phone, u.state, u.kyc_level, u.created_at, u.updated_at, "
+    "SELECT u.user_id, u.email, u.phone, u.state, u.kyc_level, u.version, u.created_at, u.updated_at, "
     "p.display_name, p.country_code, p.preferred_language, p.version AS profile_version "
     "FROM users u JOIN user_profiles p USING (user_id) "
+)
+_SESSION_COLUMNS = (
+    "session_id, user_id, ip_address, user_agent, created_at, last_refresh_at, expires_at, revoked_at"
+)
+_DOCUMENT_COLUMNS = (
+    "document_id, user_id, document_type, document_reference, issuing_country, state, "
+    "rejection_reason, created_at, reviewed_at"
 )
 
 
@@ -30,6 +48,25 @@ def _user(row: dict[str, Any]) -> User:
         profile_version=row["profile_version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+def _session(row: dict[str, Any]) -> SessionRecord:
+    return SessionRecord(**{k: row[k] for k in _SESSION_COLUMNS.split(", ")})
+
+
+def _document(row: dict[str, Any]) -> KycDocument:
+    return KycDocument(
+        document_id=row["document_id"],
+        user_id=row["user_id"],
+        document_type=DocumentType(row["document_type"]),
+        document_reference=row["document_reference"],
+        issuing_country=row["issuing_country"],
+        state=DocumentState(row["state"]),
+        rejection_reason=row["rejection_reason"] or "",
+        created_at=row["created_at"],
+        reviewed_at=row["reviewed_at"],
     )
 
 
@@ -37,6 +74,7 @@ class UserRepository:
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
 
+    # -- users and profiles --------------------------------------------------------------
     async def add(
         self,
         user_id: uuid.UUID,
@@ -60,23 +98,255 @@ class UserRepository:
             (user_id, display_name, country_code),
         )
 
-    async def get(self, user_id: uuid.UUID) -> User | None:
-        cur = await self.conn.execute(_USER_SELECT + "WHERE u.user_id = %s", (user_id,))
+    async def get(self, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
+        # NO KEY UPDATE, not UPDATE: sessions and documents referencing the user take
+        # KEY SHARE on it, which must not queue behind a profile change.
+        suffix = " FOR NO KEY UPDATE" if lock else ""
+        cur = await self.conn.execute(_USER_SELECT + "WHERE u.user_id = %s" + suffix, (user_id,))
         row = await cur.fetchone()
         return _user(row) if row else None
 
     async def credentials_by_email(self, email: str) -> tuple[uuid.UUID, str, str] | None:
         cur = await self.conn.execute(
-            "SELECT user_id, password_hash, state FROM users WHERE lower(email) = lower(%s)", (email,)
+            "SELECT user_id, password_hash, state FROM users "
+            "WHERE lower(email) = lower(%s) AND state <> 'ERASED'",
+            (email,),
         )
         row = await cur.fetchone()
         return (row["user_id"], row["password_hash"], row["state"]) if row else None
 
-    async def add_session(
-        self, session_id: uuid.UUID, user_id: uuid.UUID, token_hash: bytes, expires_at: datetime
-    ) -> None:
+    async def update_profile(self, user_id: uuid.UUID, changes: dict[str, str]) -> None:
+        # Column names come from the domain's fixed list, never from the request.
+        assignments = ", ".join(f"{name} = %({name})s" for name in changes)
         await self.conn.execute(
-            "INSERT INTO refresh_sessions (session_id, user_id, token_hash, expires_at) "
-            "VALUES (%s, %s, %s, %s)",
-            (session_id, user_id, token_hash, expires_at),
+            f"UPDATE user_profiles SET {assignments}, version = version + 1, updated_at = now() "
+            f"WHERE user_id = %(user_id)s",
+            {**changes, "user_id": user_id},
         )
+        await self._touch(user_id)
+
+    async def set_state(self, user_id: uuid.UUID, state: UserState) -> None:
+        await self.conn.execute(
+            "UPDATE users SET state = %s, version = version + 1, updated_at = now() WHERE user_id = %s",
+            (state.value, user_id),
+        )
+
+    async def set_kyc_level(self, user_id: uuid.UUID, level: int) -> None:
+        await self.conn.execute(
+            "UPDATE users SET kyc_level = %s, version = version + 1, updated_at = now() WHERE user_id = %s",
+            (level, user_id),
+        )
+
+    async def _touch(self, user_id: uuid.UUID) -> None:
+        await self.conn.execute(
+            "UPDATE users SET version = version + 1, updated_at = now() WHERE user_id = %s", (user_id,)
+        )
+
+    async def erase(self, user_id: uuid.UUID) -> None:
+        """Empties every personal field and the password hash; removes the sessions and
+        the KYC documents' media references. The user id and state stay."""
+        await self.conn.execute(
+            "UPDATE users SET email = '', phone = '', password_hash = '', state = 'ERASED', "
+            "version = version + 1, updated_at = now() WHERE user_id = %s",
+            (user_id,),
+        )
+        await self.conn.execute(
+            "UPDATE user_profiles SET display_name = '', country_code = '', preferred_language = '', "
+            "version = version + 1, updated_at = now() WHERE user_id = %s",
+            (user_id,),
+        )
+        await self.conn.execute(
+            "DELETE FROM refresh_sessions WHERE user_id = %s", (user_id,)
+        )  # tokens cascade
+        await self.conn.execute(
+            "UPDATE kyc_documents SET document_reference = '', "
+            "rejection_reason = CASE WHEN rejection_reason IS NULL THEN NULL ELSE '' END, "
+            "reviewed_by = NULL WHERE user_id = %s",
+            (user_id,),
+        )
+
+    async def replace_password_hash(self, user_id: uuid.UUID, old_hash: str, new_hash: str) -> bool:
+        """Swaps the hash only if it is still the one verified (no race with erasure)."""
+        cur = await self.conn.execute(
+            "UPDATE users SET password_hash = %s WHERE user_id = %s AND password_hash = %s",
+            (new_hash, user_id, old_hash),
+        )
+        return cur.rowcount == 1
+
+    # -- sessions ------------------------------------------------------------------------
+    async def add_session(
+        self,
+        session_id: uuid.UUID,
+        user_id: uuid.UUID,
+        token_hash: bytes,
+        expires_at: datetime,
+        ip_address: str,
+        user_agent: str,
+    ) -> SessionRecord:
+        cur = await self.conn.execute(
+            f"INSERT INTO refresh_sessions (session_id, user_id, expires_at, ip_address, user_agent) "
+            f"VALUES (%s, %s, %s, %s, %s) RETURNING {_SESSION_COLUMNS}",
+            (session_id, user_id, expires_at, ip_address, user_agent),
+        )
+        row = await cur.fetchone()
+        await self.add_token(session_id, token_hash)
+        assert row is not None
+        return _session(row)
+
+    async def add_token(self, session_id: uuid.UUID, token_hash: bytes) -> None:
+        await self.conn.execute(
+            "INSERT INTO refresh_tokens (token_hash, session_id) VALUES (%s, %s)", (token_hash, session_id)
+        )
+
+    async def session_by_token(self, token_hash: bytes) -> tuple[SessionRecord, datetime | None] | None:
+        """The session a token belongs to, locked, and when the token was rotated (None if
+        it is the session's current token)."""
+        cur = await self.conn.execute(
+            "SELECT t.rotated_at, "
+            + ", ".join(f"s.{c}" for c in _SESSION_COLUMNS.split(", "))
+            + " FROM refresh_tokens t JOIN refresh_sessions s USING (session_id) "
+            "WHERE t.token_hash = %s FOR NO KEY UPDATE OF s",
+            (token_hash,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        return _session(row), row["rotated_at"]
+
+    async def rotate_token(
+        self, session_id: uuid.UUID, old_hash: bytes, new_hash: bytes, expires_at: datetime
+    ) -> SessionRecord | None:
+        """Marks the presented token rotated and adds its successor; None when the token
+        was rotated meanwhile (the UPDATE re-checks the row's latest version)."""
+        cur = await self.conn.execute(
+            "UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = %s AND rotated_at IS NULL",
+            (old_hash,),
+        )
+        if cur.rowcount != 1:
+            return None
+        await self.add_token(session_id, new_hash)
+        cur = await self.conn.execute(
+            f"UPDATE refresh_sessions SET last_refresh_at = now(), expires_at = %s "
+            f"WHERE session_id = %s RETURNING {_SESSION_COLUMNS}",
+            (expires_at, session_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return _session(row)
+
+    async def revoke_session(self, session_id: uuid.UUID, reason: str) -> bool:
+        cur = await self.conn.execute(
+            "UPDATE refresh_sessions SET revoked_at = now(), revoked_reason = %s "
+            "WHERE session_id = %s AND revoked_at IS NULL",
+            (reason, session_id),
+        )
+        return cur.rowcount == 1
+
+    async def revoke_user_sessions(self, user_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
+        """Revokes every session still open (not revoked, not expired); returns their ids."""
+        cur = await self.conn.execute(
+            "UPDATE refresh_sessions SET revoked_at = now(), revoked_reason = %s "
+            "WHERE user_id = %s AND revoked_at IS NULL AND expires_at > now() RETURNING session_id",
+            (reason, user_id),
+        )
+        return [row["session_id"] for row in await cur.fetchall()]
+
+    async def list_sessions(self, user_id: uuid.UUID) -> list[SessionRecord]:
+        cur = await self.conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM refresh_sessions WHERE user_id = %s "
+            f"ORDER BY created_at DESC, session_id DESC",
+            (user_id,),
+        )
+        return [_session(r) for r in await cur.fetchall()]
+
+    async def purge_sessions(self, ended_before: datetime, batch: int) -> int:
+        """Deletes sessions that ended (revoked or expired) before the cutoff: sessions
+        are kept for a limited time only."""
+        cur = await self.conn.execute(
+            "DELETE FROM refresh_sessions WHERE session_id IN ("
+            "SELECT session_id FROM refresh_sessions "
+            "WHERE coalesce(revoked_at, expires_at) < %s LIMIT %s)",
+            (ended_before, batch),
+        )
+        return cur.rowcount
+
+    # -- KYC documents -------------------------------------------------------------------
+    async def add_document(
+        self,
+        document_id: uuid.UUID,
+        user_id: uuid.UUID,
+        document_type: DocumentType,
+        document_reference: str,
+        issuing_country: str,
+    ) -> KycDocument:
+        try:
+            async with self.conn.transaction():
+                cur = await self.conn.execute(
+                    f"INSERT INTO kyc_documents (document_id, user_id, document_type, "
+                    f"document_reference, issuing_country) VALUES (%s, %s, %s, %s, %s) "
+                    f"RETURNING {_DOCUMENT_COLUMNS}",
+                    (document_id, user_id, document_type.value, document_reference, issuing_country),
+                )
+                row = await cur.fetchone()
+        except errors.UniqueViolation as exc:
+            raise PendingDocumentExists(user_id, document_type) from exc
+        assert row is not None
+        return _document(row)
+
+    async def get_document(
+        self, user_id: uuid.UUID, document_id: uuid.UUID, *, lock: bool = False
+    ) -> KycDocument | None:
+        cur = await self.conn.execute(
+            f"SELECT {_DOCUMENT_COLUMNS} FROM kyc_documents WHERE document_id = %s AND user_id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (document_id, user_id),
+        )
+        row = await cur.fetchone()
+        return _document(row) if row else None
+
+    async def review_document(
+        self, document_id: uuid.UUID, state: DocumentState, rejection_reason: str, reviewer: str
+    ) -> KycDocument:
+        cur = await self.conn.execute(
+            f"UPDATE kyc_documents SET state = %s, rejection_reason = %s, reviewed_at = now(), "
+            f"reviewed_by = %s WHERE document_id = %s RETURNING {_DOCUMENT_COLUMNS}",
+            (state.value, rejection_reason or None, reviewer, document_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return _document(row)
+
+    async def verified_document_types(self, user_id: uuid.UUID) -> set[DocumentType]:
+        cur = await self.conn.execute(
+            "SELECT DISTINCT document_type FROM kyc_documents WHERE user_id = %s AND state = 'VERIFIED'",
+            (user_id,),
+        )
+        return {DocumentType(r["document_type"]) for r in await cur.fetchall()}
+
+    async def has_pending_document(self, user_id: uuid.UUID) -> bool:
+        cur = await self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM kyc_documents WHERE user_id = %s AND state = 'PENDING') AS p",
+            (user_id,),
+        )
+        row = await cur.fetchone()
+        return bool(row and row["p"])
+
+    async def list_documents(
+        self, user_id: uuid.UUID, limit: int, before: tuple[datetime, uuid.UUID] | None = None
+    ) -> list[KycDocument]:
+        """Newest first; `before` is the keyset cursor (created_at, document_id) of the
+        last document of the previous page."""
+        if before is None:
+            cur = await self.conn.execute(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM kyc_documents WHERE user_id = %s "
+                f"ORDER BY created_at DESC, document_id DESC LIMIT %s",
+                (user_id, limit),
+            )
+        else:
+            cur = await self.conn.execute(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM kyc_documents WHERE user_id = %s "
+                f"AND (created_at, document_id) < (%s, %s) "
+                f"ORDER BY created_at DESC, document_id DESC LIMIT %s",
+                (user_id, before[0], before[1], limit),
+            )
+        return [_document(r) for r in await cur.fetchall()]
