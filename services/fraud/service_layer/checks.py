@@ -1,0 +1,129 @@
+"""CheckTransaction: score one transaction against the enabled rules and record it.
+
+All in one Postgres transaction: one query finds both the configuration version and a
+check already recorded under the reference (a retry returns that check and touches no
+counter); one Lua script in Redis appends the transaction to its counters and reads
+them; a KYC rule may ask the users service (cached); one INSERT records the check, ON
+CONFLICT on the reference, so two concurrent first attempts record one check and both
+answer with it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Histogram
+
+from services.framework.db import Database
+from services.fraud.adapters.counters import Counters
+from services.fraud.adapters.repository import FraudRepository
+from services.fraud.adapters.users import ProfileLookup, RiskProfiles
+from services.fraud.domain.evidence import CounterPlan, plan_counters
+from services.fraud.domain.model import (
+    Decision,
+    FraudCheck,
+    KycLimitParams,
+    ReferenceReused,
+    Transaction,
+)
+from services.fraud.domain.rules import Evidence, identifiers, judge
+from services.fraud.service_layer.configuration import Configuration, Snapshot
+
+CHECK_LATENCY = Histogram(
+    "interpay_fraud_check_seconds",
+    "Time to decide a new fraud check, from its arrival to its record",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+CHECK_DECISIONS = Counter(
+    "interpay_fraud_checks_total",
+    "Fraud checks recorded, by decision and degradation",
+    ["decision", "degraded"],
+)
+# A client clock far ahead would push the sliding windows into the future; clamp it.
+MAX_CLOCK_SKEW_MS = 5 * 60_000
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    transaction: Transaction
+    email: str | None  # the full address; only its domain and hash are stored
+    request_hash: bytes  # of the request's deterministic encoding
+
+
+class FraudChecks:
+    def __init__(
+        self, db: Database, config: Configuration, counters: Counters, profiles: RiskProfiles | None
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.counters = counters
+        self.profiles = profiles
+
+    async def check(self, request: CheckRequest) -> FraudCheck:
+        started = time.perf_counter()
+        txn = request.transaction
+        async with self.db.transaction() as conn:
+            repo = FraudRepository(conn)
+            version, recorded = await repo.config_version_and_check(txn.reference)
+            if recorded is not None:
+                return self._replay(recorded, request)
+            snapshot = await self.config.ensure(version, conn)
+            check, plan = await self._decide(request, snapshot, started)
+            recorded = await repo.insert_check(check, request.email)
+            if recorded is None:  # a concurrent first attempt with the same reference won
+                _, first = await repo.config_version_and_check(txn.reference)
+                assert first is not None
+                return self._replay(first, request)
+        if check.decision is Decision.DECLINE:
+            # A declined transaction never happened: it must not skew the user's history.
+            await self.counters.forget(plan.forget_on_decline)
+        CHECK_LATENCY.observe(time.perf_counter() - started)
+        CHECK_DECISIONS.labels(check.decision.value, str(check.degraded).lower()).inc()
+        return recorded
+
+    async def _decide(
+        self, request: CheckRequest, snapshot: Snapshot, started: float
+    ) -> tuple[FraudCheck, CounterPlan]:
+        txn = request.transaction
+        assert snapshot.thresholds is not None
+        rules = snapshot.enabled
+        now = datetime.now(UTC)
+        occurred_ms = int(txn.occurred_at.timestamp() * 1000)
+        at_ms = min(occurred_ms, int(now.timestamp() * 1000) + MAX_CLOCK_SKEW_MS)
+
+        plan = plan_counters(rules, txn, at_ms)
+        observations = await self.counters.run(plan)
+        lookup = ProfileLookup(None, "")
+        if self.profiles is not None and txn.user_id is not None:
+            if any(isinstance(r.params, KycLimitParams) for r in rules):
+                lookup = await self.profiles.lookup(txn.user_id)
+        evidence = Evidence(
+            observations=observations,
+            blacklist_matches=tuple(snapshot.blacklist.matches(identifiers(txn), now)),
+            profile=lookup.profile,
+            profile_problem=lookup.problem,
+        )
+        verdict = judge(rules, txn, evidence, snapshot.thresholds, at_ms)
+        check = FraudCheck(
+            check_id=uuid.uuid4(),
+            transaction=txn,
+            request_hash=request.request_hash,
+            risk_score=verdict.risk_score,
+            decision=verdict.decision,
+            fired_rules=verdict.fired_rules,
+            degraded=verdict.degraded,
+            review_threshold=snapshot.thresholds.review,
+            decline_threshold=snapshot.thresholds.decline,
+            config_version=snapshot.version,
+            latency_us=int((time.perf_counter() - started) * 1_000_000),
+        )
+        return check, plan
+
+    @staticmethod
+    def _replay(recorded: FraudCheck, request: CheckRequest) -> FraudCheck:
+        if recorded.request_hash != request.request_hash:
+            raise ReferenceReused(request.transaction.reference)
+        return recorded

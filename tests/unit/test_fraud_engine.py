@@ -1,0 +1,394 @@
+"""The fraud rule engine's pure logic: each rule type against hand-made evidence, the score
+and decision at the threshold edges, the counter plan, the blacklist index and the
+parsing of Redis answers. No Redis, Postgres or gRPC here (see the integration tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.fraud.adapters.counters import answer
+from services.fraud.adapters.repository import params_from_json, params_to_json
+from services.fraud.domain.blacklist import BlacklistIndex, InvalidBlacklistValue, normalize
+from services.fraud.domain.evidence import (
+    Read,
+    daily_total_read,
+    device_read,
+    escalating_confidence,
+    geo_member,
+    geo_series,
+    pattern_read,
+    plan_counters,
+    velocity_reads,
+)
+from services.fraud.domain.model import (
+    BASIS_POINTS,
+    AmountParams,
+    BlacklistEntry,
+    BlacklistParams,
+    BlacklistSource,
+    BlacklistType,
+    Decision,
+    DeviceParams,
+    FraudRule,
+    ImpossibleTravelParams,
+    KycLevelLimit,
+    KycLimitParams,
+    LocationParams,
+    Money,
+    PatternParams,
+    PaymentMethodKind,
+    RiskProfile,
+    RuleParams,
+    RuleState,
+    RuleType,
+    Thresholds,
+    Transaction,
+    TransactionKind,
+    VelocityParams,
+    VelocitySubject,
+)
+from services.fraud.domain.rules import Evidence, decide, haversine_km, identifiers, judge
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+AT_MS = int(NOW.timestamp() * 1000)
+HOUR_MS = 3_600_000
+THRESHOLDS = Thresholds(review=5000, decline=8000, degraded_minimum=Decision.APPROVE)
+
+
+def txn(**changes: object) -> Transaction:
+    base = Transaction(
+        reference=str(uuid.uuid4()),
+        kind=TransactionKind.PAYMENT,
+        transaction_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        merchant_id=uuid.uuid4(),
+        counterparty_user_id=None,
+        amount=Money(1500, "EUR"),
+        method=PaymentMethodKind.CARD,
+        card_fingerprint="ab" * 32,
+        device_fingerprint="device-1",
+        ip_address="203.0.113.7",
+        country_code="DE",
+        latitude=52.52,
+        longitude=13.40,
+        email="payer@example.com",
+        kyc_level=0,
+        occurred_at=NOW,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def rule(params: RuleParams, weight: int = 6000, name: str = "r") -> FraudRule:
+    types = {
+        VelocityParams: RuleType.VELOCITY,
+        AmountParams: RuleType.AMOUNT,
+        LocationParams: RuleType.LOCATION,
+        ImpossibleTravelParams: RuleType.IMPOSSIBLE_TRAVEL,
+        DeviceParams: RuleType.DEVICE,
+        BlacklistParams: RuleType.BLACKLIST,
+        PatternParams: RuleType.PATTERN,
+        KycLimitParams: RuleType.KYC_LIMIT,
+    }
+    return FraudRule(
+        uuid.uuid4(), name, "", types[type(params)], weight, RuleState.ENABLED, params, 1, NOW, NOW
+    )
+
+
+def evidence(observations: dict[Read, object] | None | str = "empty", **kwargs: object) -> Evidence:
+    return Evidence(
+        observations={} if observations == "empty" else observations,  # type: ignore[arg-type]
+        blacklist_matches=kwargs.get("matches", ()),  # type: ignore[arg-type]
+        profile=kwargs.get("profile"),  # type: ignore[arg-type]
+        profile_problem=str(kwargs.get("problem", "")),
+    )
+
+
+def only(rules: list[FraudRule], t: Transaction, ev: Evidence, thresholds: Thresholds = THRESHOLDS):
+    return judge(rules, t, ev, thresholds, AT_MS)
+
+
+# -- velocity -----------------------------------------------------------------------------
+def test_velocity_fires_only_above_the_count_with_growing_confidence() -> None:
+    p = VelocityParams(VelocitySubject.USER, HOUR_MS, 10, None)
+    t = txn()
+    count_read, _ = velocity_reads(p, t)
+    assert count_read is not None
+    at_limit = only([rule(p)], t, evidence({count_read: 10}))
+    assert at_limit.fired_rules == () and at_limit.risk_score == 0
+    just_over = only([rule(p)], t, evidence({count_read: 11}))
+    assert just_over.fired_rules[0].confidence == 5500
+    assert "11 transactions from this user in the last 1h; the limit is 10" in just_over.fired_rules[0].reason
+    double = only([rule(p)], t, evidence({count_read: 20}))
+    assert double.fired_rules[0].confidence == BASIS_POINTS
+    assert double.risk_score == 6000
+
+
+def test_velocity_sums_amount_in_the_limit_currency() -> None:
+    p = VelocityParams(VelocitySubject.CARD_FINGERPRINT, HOUR_MS, 0, Money(10_000, "EUR"))
+    t = txn()
+    count_read, sum_read = velocity_reads(p, t)
+    assert count_read is None and sum_read is not None and sum_read.currency == "EUR"
+    assert only([rule(p)], t, evidence({sum_read: 10_000})).fired_rules == ()
+    fired = only([rule(p)], t, evidence({sum_read: 10_001})).fired_rules
+    assert fired and "10001 EUR" in fired[0].reason
+
+
+def test_velocity_without_its_subject_never_fires() -> None:
+    p = VelocityParams(VelocitySubject.DEVICE, HOUR_MS, 1, None)
+    assert velocity_reads(p, txn(device_fingerprint=None)) == (None, None)
+    assert only([rule(p)], txn(device_fingerprint=None), evidence(None)).fired_rules == ()
+
+
+def test_velocity_with_counters_down_is_degraded_not_fired() -> None:
+    p = VelocityParams(VelocitySubject.USER, HOUR_MS, 10, None)
+    verdict = only([rule(p)], txn(), evidence(None))
+    assert verdict.degraded and verdict.risk_score == 0 and verdict.decision is Decision.APPROVE
+    assert verdict.fired_rules[0].degraded and "unreachable" in verdict.fired_rules[0].reason
+
+
+# -- amount -------------------------------------------------------------------------------
+def test_amount_fires_at_the_threshold_of_its_currency_only() -> None:
+    p = AmountParams((Money(100_000, "EUR"), Money(50_000, "USD")))
+    assert only([rule(p)], txn(amount=Money(99_999, "EUR")), evidence()).fired_rules == ()
+    at = only([rule(p, weight=4000)], txn(amount=Money(100_000, "EUR")), evidence())
+    assert at.fired_rules[0].confidence == 5000 and at.risk_score == 2000
+    assert only([rule(p)], txn(amount=Money(10_000_000, "GBP")), evidence()).fired_rules == ()
+
+
+# -- location and impossible travel -------------------------------------------------------
+def test_location_fires_for_a_listed_country() -> None:
+    p = LocationParams(("KP", "IR"))
+    assert only([rule(p)], txn(country_code="IR"), evidence()).fired_rules[0].confidence == BASIS_POINTS
+    assert only([rule(p)], txn(country_code="DE"), evidence()).fired_rules == ()
+    assert only([rule(p)], txn(country_code=None), evidence()).fired_rules == ()
+
+
+def test_haversine_berlin_new_york() -> None:
+    assert 6350 < haversine_km(52.52, 13.40, 40.71, -74.01) < 6420
+
+
+def test_impossible_travel_compares_speed_with_the_previous_located_transaction() -> None:
+    p = ImpossibleTravelParams(max_speed_kmh=900, min_distance_km=300, lookback_ms=24 * HOUR_MS)
+    t = txn(latitude=40.71, longitude=-74.01)  # New York, now
+    read = Read("last", geo_series(t.user_id), p.lookback_ms, exclude=geo_member(t))  # type: ignore[arg-type]
+    berlin = f"ref|{52.52!r}|{13.40!r}"
+    one_hour_ago = only([rule(p)], t, evidence({read: (berlin, AT_MS - HOUR_MS)}))
+    assert one_hour_ago.fired_rules and "km/h" in one_hour_ago.fired_rules[0].reason
+    ten_hours_ago = only([rule(p)], t, evidence({read: (berlin, AT_MS - 10 * HOUR_MS)}))
+    assert ten_hours_ago.fired_rules == ()  # ~640 km/h: an airliner does that
+    too_old = only([rule(p)], t, evidence({read: (berlin, AT_MS - 25 * HOUR_MS)}))
+    assert too_old.fired_rules == ()
+    near = only([rule(p)], t, evidence({read: (f"ref|{40.9!r}|{-74.0!r}", AT_MS - 60_000)}))
+    assert near.fired_rules == ()  # ~21 km: below min_distance_km
+    nothing_before = only([rule(p)], t, evidence({read: None}))
+    assert nothing_before.fired_rules == ()
+
+
+def test_the_plan_asks_for_the_previous_location_once_over_the_longest_lookback() -> None:
+    short = rule(ImpossibleTravelParams(900, 300, HOUR_MS))
+    long = rule(ImpossibleTravelParams(500, 100, 10 * HOUR_MS))
+    plan = plan_counters([short, long], txn(), AT_MS)
+    lasts = [r for r in plan.reads if r.op == "last"]
+    assert len(lasts) == 1 and lasts[0].window_ms == 10 * HOUR_MS
+
+
+# -- device -------------------------------------------------------------------------------
+def test_device_fires_above_the_distinct_user_count_or_on_a_missing_fingerprint() -> None:
+    p = DeviceParams(max_users_per_device=3, window_ms=24 * HOUR_MS, fire_on_missing_fingerprint=True)
+    t = txn()
+    read = device_read(p, t)
+    assert read is not None
+    assert only([rule(p)], t, evidence({read: 3})).fired_rules == ()
+    assert "4 users on this device" in only([rule(p)], t, evidence({read: 4})).fired_rules[0].reason
+    missing = only([rule(p)], txn(device_fingerprint=None), evidence())
+    assert missing.fired_rules[0].confidence == BASIS_POINTS
+    lenient = DeviceParams(3, 24 * HOUR_MS, False)
+    assert only([rule(lenient)], txn(device_fingerprint=None), evidence()).fired_rules == ()
+
+
+# -- blacklist ----------------------------------------------------------------------------
+def entry(entry_type: BlacklistType, value: str, **changes: object) -> BlacklistEntry:
+    base = BlacklistEntry(
+        uuid.uuid4(),
+        entry_type,
+        normalize(entry_type, value),
+        "test",
+        BlacklistSource.MANUAL,
+        None,
+        None,
+        NOW,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_blacklist_index_matches_exact_values_and_networks() -> None:
+    index = BlacklistIndex()
+    t = txn(ip_address="2001:db8::42", email="Someone@Bad.Example")
+    index.apply(entry(BlacklistType.IP_RANGE, "2001:db8::/64"))
+    index.apply(entry(BlacklistType.EMAIL_DOMAIN, "bad.example"))
+    found = {m.entry.entry_type for m in index.matches(identifiers(t), NOW)}
+    assert found == {BlacklistType.IP_RANGE, BlacklistType.EMAIL_DOMAIN}
+    assert index.matches(identifiers(txn(ip_address="2001:db9::1", email=None)), NOW) == []
+
+
+def test_blacklist_index_drops_removed_and_ignores_expired_entries() -> None:
+    index = BlacklistIndex()
+    card = entry(BlacklistType.CARD_FINGERPRINT, "ab" * 32)
+    index.apply(card)
+    assert len(index.matches(identifiers(txn()), NOW)) == 1
+    index.apply(dataclasses.replace(card, removed_at=NOW))
+    assert index.matches(identifiers(txn()), NOW) == [] and len(index) == 0
+    index.apply(entry(BlacklistType.DEVICE, "device-1", expires_at=NOW - timedelta(seconds=1)))
+    assert index.matches(identifiers(txn()), NOW) == []
+
+
+def test_blacklist_rule_fires_only_for_its_entry_types() -> None:
+    index = BlacklistIndex()
+    index.apply(entry(BlacklistType.DEVICE, "device-1"))
+    matches = tuple(index.matches(identifiers(txn()), NOW))
+    device_only = only(
+        [rule(BlacklistParams((BlacklistType.DEVICE,)), 10_000)], txn(), evidence(matches=matches)
+    )
+    assert (
+        device_only.decision is Decision.DECLINE
+        and "device device-1 is blacklisted" in device_only.fired_rules[0].reason
+    )
+    cards_only = only(
+        [rule(BlacklistParams((BlacklistType.CARD_FINGERPRINT,)))], txn(), evidence(matches=matches)
+    )
+    assert cards_only.fired_rules == ()
+
+
+def test_blacklist_values_are_normalised_or_refused() -> None:
+    assert normalize(BlacklistType.IP, "2001:0db8:0000::0001") == "2001:db8::1"
+    assert normalize(BlacklistType.EMAIL_DOMAIN, "MailInator.COM.") == "mailinator.com"
+    with pytest.raises(InvalidBlacklistValue):
+        normalize(BlacklistType.IP_RANGE, "10.0.0.1/8")  # host bits set
+
+
+# -- pattern ------------------------------------------------------------------------------
+def test_pattern_fires_on_an_outlier_once_there_is_enough_history() -> None:
+    p = PatternParams(lookback_ms=90 * 24 * HOUR_MS, min_history_count=5, z_score_threshold=3.0)
+    t = txn(amount=Money(10_000, "EUR"))
+    read = pattern_read(p, t)
+    assert read is not None
+    assert only([rule(p)], t, evidence({read: (4, 1000.0, 100.0)})).fired_rules == ()  # too little history
+    fired = only([rule(p)], t, evidence({read: (10, 1000.0, 100.0)})).fired_rules
+    assert fired and "standard deviations above" in fired[0].reason
+    usual = dataclasses.replace(t, amount=Money(1200, "EUR"), reference="usual")
+    usual_read = pattern_read(p, usual)
+    assert usual_read is not None
+    assert only([rule(p)], usual, evidence({usual_read: (10, 1000.0, 100.0)})).fired_rules == ()
+
+
+def test_counter_answers_compute_sums_and_statistics_per_currency() -> None:
+    series = geo_series(uuid.uuid4())
+    members = [b"a|EUR|100", b"b|EUR|300", b"c|USD|5000", b"me|EUR|999"]
+    assert answer(Read("sum", series, 1, "EUR"), members) == 1399
+    stats = answer(Read("stats", series, 1, "EUR", exclude="me|EUR|999"), members)
+    assert stats == (2, 200.0, 100.0)
+    assert answer(Read("last", series, 1, exclude="me"), [b"me", b"5", b"x|1.0|2.0", b"3"]) == (
+        "x|1.0|2.0",
+        3,
+    )
+    assert answer(Read("last", series, 1, exclude="me"), [b"me", b"5"]) is None
+
+
+# -- KYC ----------------------------------------------------------------------------------
+KYC = KycLimitParams(
+    (
+        KycLevelLimit(0, Money(100_000, "EUR"), Money(300_000, "EUR")),
+        KycLevelLimit(2, Money(10_000_000, "EUR"), None),
+    )
+)
+
+
+def test_kyc_limit_uses_the_profile_level_and_the_daily_total() -> None:
+    t = txn(amount=Money(150_000, "EUR"), kyc_level=2)
+    level0 = RiskProfile(kyc_level=0, country_code="DE", email_domain="example.com")
+    daily = daily_total_read(t)
+    assert daily is not None
+    over_single = only([rule(KYC)], t, evidence({daily: 150_000}, profile=level0)).fired_rules
+    assert over_single and "single limit" in over_single[0].reason and not over_single[0].degraded
+    level2 = RiskProfile(kyc_level=2, country_code="DE", email_domain="example.com")
+    assert only([rule(KYC)], t, evidence({daily: 150_000}, profile=level2)).fired_rules == ()
+    small = dataclasses.replace(t, amount=Money(50_000, "EUR"))
+    over_daily = only([rule(KYC)], small, evidence({daily: 300_001}, profile=level0)).fired_rules
+    assert over_daily and "daily limit" in over_daily[0].reason
+
+
+def test_kyc_limit_without_the_users_service_is_degraded_and_uses_the_callers_level() -> None:
+    t = txn(amount=Money(150_000, "EUR"), kyc_level=0)
+    daily = daily_total_read(t)
+    problem = "users service answered UNIMPLEMENTED to GetUserRiskProfile"
+    verdict = only([rule(KYC)], t, evidence({daily: 150_000}, problem=problem))  # type: ignore[dict-item]
+    assert verdict.degraded and verdict.fired_rules[0].degraded
+    assert verdict.fired_rules[0].contribution > 0 and "UNIMPLEMENTED" in verdict.fired_rules[0].reason
+
+
+# -- scoring and decisions ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [
+        (0, Decision.APPROVE),
+        (4999, Decision.APPROVE),
+        (5000, Decision.REVIEW),
+        (7999, Decision.REVIEW),
+        (8000, Decision.DECLINE),
+        (10_000, Decision.DECLINE),
+    ],
+)
+def test_decision_at_the_threshold_edges(score: int, expected: Decision) -> None:
+    assert decide(score, False, THRESHOLDS) is expected
+
+
+def test_equal_thresholds_leave_no_review_band() -> None:
+    same = Thresholds(review=6000, decline=6000, degraded_minimum=Decision.APPROVE)
+    assert decide(5999, False, same) is Decision.APPROVE
+    assert decide(6000, False, same) is Decision.DECLINE
+
+
+def test_degraded_minimum_review_sends_degraded_approvals_to_review() -> None:
+    strict = dataclasses.replace(THRESHOLDS, degraded_minimum=Decision.REVIEW)
+    assert decide(100, True, strict) is Decision.REVIEW
+    assert decide(100, False, strict) is Decision.APPROVE
+    assert decide(9000, True, strict) is Decision.DECLINE
+
+
+def test_score_is_the_capped_sum_of_contributions_largest_first() -> None:
+    t = txn(amount=Money(2_000_000, "EUR"), country_code="IR")
+    rules = [
+        rule(AmountParams((Money(1_000_000, "EUR"),)), weight=7000, name="amount"),
+        rule(LocationParams(("IR",)), weight=6000, name="location"),
+    ]
+    verdict = only(rules, t, evidence())
+    assert [f.rule_name for f in verdict.fired_rules] == ["amount", "location"]
+    assert [f.contribution for f in verdict.fired_rules] == [7000, 6000]
+    assert verdict.risk_score == BASIS_POINTS and verdict.decision is Decision.DECLINE
+
+
+def test_escalating_confidence() -> None:
+    assert escalating_confidence(11, 10) == 5500
+    assert escalating_confidence(10, 10) == 5000
+    assert escalating_confidence(1000, 10) == BASIS_POINTS
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        VelocityParams(VelocitySubject.EMAIL, 60_000, 3, Money(5, "EUR")),
+        AmountParams((Money(1, "EUR"),)),
+        LocationParams(("DE",)),
+        ImpossibleTravelParams(900, 10, 1000),
+        DeviceParams(2, 1000, True),
+        BlacklistParams((BlacklistType.IP, BlacklistType.USER)),
+        PatternParams(1000, 3, 2.5),
+        KYC,
+    ],
+)
+def test_parameters_survive_their_json_form(params: RuleParams) -> None:
+    assert params_from_json(rule(params).rule_type, params_to_json(params)) == params
