@@ -1,0 +1,265 @@
+"""The MerchantsService servicer: proto in -> use case -> proto out. Nothing else lives here.
+
+ListSettlements, GetSettlement and RunSettlement are not defined: there are no captured
+payments to settle until the payments issue lands, so they answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from interpay.merchants.v1 import merchants_service_pb2 as pb
+from interpay.transfers.v1 import transfers_service_pb2 as transfers_pb
+
+from services.framework.errors import FieldViolation, InvalidArgument
+from services.framework.proto import timestamp
+from services.merchants.domain.model import (
+    ApiKey,
+    ApiKeyScope,
+    IdempotencyKey,
+    Merchant,
+    MerchantState,
+    OnboardMerchant,
+    PayoutAccount,
+    WebhookEndpoint,
+)
+from services.merchants.entrypoints.callers import authorize
+from services.merchants.service_layer.api_keys import ApiKeys
+from services.merchants.service_layer.onboarding import Merchants
+from services.merchants.service_layer.webhooks import WebhookEndpoints
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def idempotency_key(context: Any, rpc: str, request: Message) -> IdempotencyKey | None:
+    """The client's Idempotency-Key (the HTTP header reaches us as gRPC metadata)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == IDEMPOTENCY_HEADER]
+    if not values:
+        return None
+    key = values[-1]
+    if not 1 <= len(key) <= 255 or len(set(values)) > 1:
+        raise InvalidArgument(
+            "invalid request: Idempotency-Key must be one value of 1 to 255 characters",
+            field_violations=[FieldViolation("Idempotency-Key", "must be one value of 1 to 255 characters")],
+        )
+    fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    return IdempotencyKey(rpc, key, fingerprint)
+
+
+def payout_account_pb(account: PayoutAccount) -> transfers_pb.ExternalAccount:
+    out = transfers_pb.ExternalAccount(holder_name=account.holder_name, country_code=account.country_code)
+    if account.iban:
+        out.iban = account.iban
+    else:
+        out.domestic_account.CopyFrom(
+            transfers_pb.DomesticAccount(
+                account_number=account.account_number, routing_number=account.routing_number
+            )
+        )
+    return out
+
+
+def payout_account(message: transfers_pb.ExternalAccount) -> PayoutAccount:
+    if message.WhichOneof("account") == "iban":
+        return PayoutAccount(message.holder_name, message.country_code, iban=message.iban)
+    return PayoutAccount(
+        message.holder_name,
+        message.country_code,
+        account_number=message.domestic_account.account_number,
+        routing_number=message.domestic_account.routing_number,
+    )
+
+
+def merchant_pb(m: Merchant) -> pb.Merchant:
+    return pb.Merchant(
+        merchant_id=str(m.merchant_id),
+        legal_name=m.legal_name,
+        display_name=m.display_name,
+        contact_email=m.contact_email,
+        country_code=m.country_code,
+        settlement_currency=m.settlement_currency,
+        settlement_wallet_id=str(m.settlement_wallet_id or ""),
+        payout_account=payout_account_pb(m.payout_account),
+        fee_bps=m.fee_bps,
+        state=pb.Merchant.State.Value(f"STATE_{m.state.value}"),
+        suspend_reason=m.suspend_reason,
+        create_time=timestamp(m.created_at),
+        update_time=timestamp(m.updated_at),
+    )
+
+
+def scope_pb(scope: ApiKeyScope) -> pb.ApiKeyScope.ValueType:
+    return pb.ApiKeyScope.Value(f"API_KEY_SCOPE_{scope.value}")
+
+
+def api_key_pb(k: ApiKey, now: datetime) -> pb.ApiKey:
+    out = pb.ApiKey(
+        key_id=str(k.key_id),
+        merchant_id=str(k.merchant_id),
+        public_id=k.public_id,
+        scopes=[scope_pb(s) for s in k.scopes],
+        state=pb.ApiKey.State.Value(f"STATE_{k.state_at(now).value}"),
+        rate_limit_per_minute=k.rate_limit_per_minute,
+        create_time=timestamp(k.created_at),
+    )
+    if k.expires_at is not None:
+        out.expire_time.CopyFrom(timestamp(k.expires_at))
+    if k.last_used_at is not None:
+        out.last_used_time.CopyFrom(timestamp(k.last_used_at))
+    return out
+
+
+def webhook_endpoint_pb(e: WebhookEndpoint) -> pb.WebhookEndpoint:
+    return pb.WebhookEndpoint(
+        endpoint_id=str(e.endpoint_id),
+        merchant_id=str(e.merchant_id),
+        url=e.url,
+        event_types=list(e.event_types),
+        description=e.description,
+        create_time=timestamp(e.created_at),
+    )
+
+
+class MerchantsServicer:
+    def __init__(self, merchants: Merchants, api_keys: ApiKeys, webhooks: WebhookEndpoints) -> None:
+        self.merchants = merchants
+        self.api_keys = api_keys
+        self.webhooks = webhooks
+
+    # -- merchants ----------------------------------------------------------------------
+    async def CreateMerchant(
+        self, request: pb.CreateMerchantRequest, context: Any
+    ) -> pb.CreateMerchantResponse:
+        merchant = await self.merchants.onboard(
+            OnboardMerchant(
+                legal_name=request.legal_name,
+                display_name=request.display_name,
+                contact_email=request.contact_email,
+                country_code=request.country_code,
+                settlement_currency=request.settlement_currency,
+                payout_account=payout_account(request.payout_account),
+                fee_bps=request.fee_bps,
+            ),
+            idempotency_key(context, "CreateMerchant", request),
+        )
+        return pb.CreateMerchantResponse(merchant=merchant_pb(merchant))
+
+    async def GetMerchant(self, request: pb.GetMerchantRequest, context: Any) -> pb.GetMerchantResponse:
+        merchant = await self.merchants.get(uuid.UUID(request.merchant_id))
+        return pb.GetMerchantResponse(merchant=merchant_pb(merchant))
+
+    async def ListMerchants(self, request: pb.ListMerchantsRequest, context: Any) -> pb.ListMerchantsResponse:
+        state = (
+            MerchantState(pb.Merchant.State.Name(request.state).removeprefix("STATE_"))
+            if request.state
+            else None
+        )
+        rows, token = await self.merchants.list(state, request.page_size, request.page_token)
+        return pb.ListMerchantsResponse(merchants=[merchant_pb(m) for m in rows], next_page_token=token)
+
+    async def ActivateMerchant(
+        self, request: pb.ActivateMerchantRequest, context: Any
+    ) -> pb.ActivateMerchantResponse:
+        merchant = await self.merchants.activate(uuid.UUID(request.merchant_id))
+        return pb.ActivateMerchantResponse(merchant=merchant_pb(merchant))
+
+    async def SuspendMerchant(
+        self, request: pb.SuspendMerchantRequest, context: Any
+    ) -> pb.SuspendMerchantResponse:
+        merchant = await self.merchants.suspend(uuid.UUID(request.merchant_id), request.reason)
+        return pb.SuspendMerchantResponse(merchant=merchant_pb(merchant))
+
+    async def GetMerchantForPayment(
+        self, request: pb.GetMerchantForPaymentRequest, context: Any
+    ) -> pb.GetMerchantForPaymentResponse:
+        authorize(context, "GetMerchantForPayment")
+        m = await self.merchants.get(uuid.UUID(request.merchant_id))
+        return pb.GetMerchantForPaymentResponse(
+            merchant_id=str(m.merchant_id),
+            state=pb.Merchant.State.Value(f"STATE_{m.state.value}"),
+            settlement_wallet_id=str(m.settlement_wallet_id or ""),
+            settlement_currency=m.settlement_currency,
+            fee_bps=m.fee_bps,
+            display_name=m.display_name,
+        )
+
+    # -- API keys -----------------------------------------------------------------------
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> pb.CreateApiKeyResponse:
+        key, secret = await self.api_keys.create(
+            uuid.UUID(request.merchant_id),
+            tuple(ApiKeyScope(pb.ApiKeyScope.Name(s).removeprefix("API_KEY_SCOPE_")) for s in request.scopes),
+            request.expire_time.ToDatetime(tzinfo=UTC) if request.HasField("expire_time") else None,
+            request.rate_limit_per_minute,
+            idempotency_key(context, "CreateApiKey", request),
+        )
+        return pb.CreateApiKeyResponse(api_key=api_key_pb(key, self.api_keys.clock()), secret=secret)
+
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Any) -> pb.ListApiKeysResponse:
+        rows, token = await self.api_keys.list(
+            uuid.UUID(request.merchant_id), request.page_size, request.page_token
+        )
+        now = self.api_keys.clock()
+        return pb.ListApiKeysResponse(api_keys=[api_key_pb(k, now) for k in rows], next_page_token=token)
+
+    async def RotateApiKey(self, request: pb.RotateApiKeyRequest, context: Any) -> pb.RotateApiKeyResponse:
+        new, secret, old = await self.api_keys.rotate(
+            uuid.UUID(request.merchant_id),
+            uuid.UUID(request.key_id),
+            request.overlap.ToTimedelta(),
+            idempotency_key(context, "RotateApiKey", request),
+        )
+        now = self.api_keys.clock()
+        return pb.RotateApiKeyResponse(
+            api_key=api_key_pb(new, now), secret=secret, previous_api_key=api_key_pb(old, now)
+        )
+
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Any) -> pb.RevokeApiKeyResponse:
+        key = await self.api_keys.revoke(uuid.UUID(request.merchant_id), uuid.UUID(request.key_id))
+        return pb.RevokeApiKeyResponse(api_key=api_key_pb(key, self.api_keys.clock()))
+
+    async def AuthenticateApiKey(
+        self, request: pb.AuthenticateApiKeyRequest, context: Any
+    ) -> pb.AuthenticateApiKeyResponse:
+        authorize(context, "AuthenticateApiKey")
+        key = await self.api_keys.authenticate(request.public_id, request.secret)
+        return pb.AuthenticateApiKeyResponse(
+            merchant_id=str(key.merchant_id),
+            key_id=str(key.key_id),
+            scopes=[scope_pb(s) for s in key.scopes],
+            rate_limit_per_minute=key.rate_limit_per_minute,
+        )
+
+    # -- webhook endpoints --------------------------------------------------------------
+    async def CreateWebhookEndpoint(
+        self, request: pb.CreateWebhookEndpointRequest, context: Any
+    ) -> pb.CreateWebhookEndpointResponse:
+        endpoint, secret = await self.webhooks.create(
+            uuid.UUID(request.merchant_id),
+            request.url,
+            tuple(request.event_types),
+            request.description,
+            idempotency_key(context, "CreateWebhookEndpoint", request),
+        )
+        return pb.CreateWebhookEndpointResponse(
+            webhook_endpoint=webhook_endpoint_pb(endpoint), signing_secret=secret
+        )
+
+    async def ListWebhookEndpoints(
+        self, request: pb.ListWebhookEndpointsRequest, context: Any
+    ) -> pb.ListWebhookEndpointsResponse:
+        rows, token = await self.webhooks.list(
+            uuid.UUID(request.merchant_id), request.page_size, request.page_token
+        )
+        return pb.ListWebhookEndpointsResponse(
+            webhook_endpoints=[webhook_endpoint_pb(e) for e in rows], next_page_token=token
+        )
+
+    async def DeleteWebhookEndpoint(
+        self, request: pb.DeleteWebhookEndpointRequest, context: Any
+    ) -> pb.DeleteWebhookEndpointResponse:
+        await self.webhooks.delete(uuid.UUID(request.merchant_id), uuid.UUID(request.endpoint_id))
+        return pb.DeleteWebhookEndpointResponse()
