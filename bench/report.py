@@ -73,8 +73,26 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {label} | sequential, n={s['count']} | — | {s['p50_ms']:.3f} | {s['p95_ms']:.3f} "
             f"| {s['p99_ms']:.3f} | {s['failures']} | client {s['client_cpu_us_per_call']:.0f} µs CPU/call |"
         )
+    for run in r["saga"]["closed_loop"]:
+        lat = run["latency"]
+        star = " ★" if run["in_flight"] == r["saga"]["best"]["in_flight"] else ""
+        lines.append(
+            f"| payment saga via Envoy{star} | closed loop, {run['in_flight']} in flight "
+            f"| {run['throughput_per_s']:.0f} payments/s | {lat['p50_ms']:.1f} | {lat['p95_ms']:.1f} "
+            f"| {lat['p99_ms']:.1f} | — | — |"
+        )
+    o = r["saga"]["open_model"]
     lines.append(
-        f"| payment saga via Envoy | — | {r['saga']['status']} | — | — | — | — | {r['saga']['probe']} |"
+        f"| payment saga via Envoy | open model, {o['rate_per_s']:.0f}/s for {o['seconds']:.0f} s "
+        f"| {o['sent']} sent | {o['latency']['p50_ms']:.1f} | {o['latency']['p95_ms']:.1f} "
+        f"| {o['latency']['p99_ms']:.1f} | {o['errors']} | — |"
+    )
+    f = r["fraud_check"]
+    lines.append(
+        f"| fraud CheckTransaction, {f['rules_active']} extra rules | {f['concurrency']} in flight "
+        f"| {f['throughput_per_s']:.0f} checks/s | {f['client_p50_ms']:.2f} | — | {f['client_p99_ms']:.2f} "
+        f"| {sum(f['errors'].values())} | in service p50 {f['service_p50_ms']:.2f} / p99 "
+        f"{f['service_p99_ms']:.2f} ms |"
     )
     noise = r.get("noise", {})
     if noise.get("noisy"):
@@ -115,8 +133,15 @@ def markdown(r: dict[str, Any]) -> str:
         f"| hot account failures | {r['hot']['failures']} | 0 | {_ok(verdict['hot_zero_failures'])} |",
         f"| Envoy HTTP/JSON − direct gRPC, p50 | {t['http_json_minus_direct_p50_ms']:.3f} ms | ≤ 1 ms "
         f"| {_ok(verdict['transcoding_p50_le_1ms'])} |",
-        f"| payment saga ÷ pgbench TPS | not yet measurable | ≥ 0.1 | not yet measurable "
-        f"({r['saga']['why']}) |",
+        f"| payment saga ÷ pgbench TPS | {ratios['saga_vs_pgbench']:.3f} "
+        f"({r['saga']['best']['throughput_per_s']:.0f} / {r['pgbench']['best']['tps']:.0f}) | ≥ 0.1 "
+        f"| {_ok(verdict['saga_vs_pgbench_ge_0.1'])} |",
+        f"| saga open model at 70%: p99 ÷ p50 | {r['saga']['open_model']['p99_over_p50']} | ≤ 10 "
+        f"| {_ok(verdict['saga_open_model_p99_le_10x_p50'])} |",
+        f"| saga open model errors | {r['saga']['open_model']['error_rate']:.4%} | < 0.1% "
+        f"| {_ok(verdict['saga_open_model_errors_lt_0.1pct'])} |",
+        f"| fraud check p99 inside the service | {r['fraud_check']['service_p99_ms']:.2f} ms | ≤ 5 ms "
+        f"| {_ok(verdict['fraud_check_service_p99_le_5ms'])} |",
         f"| all TransferFunds RPCs succeeded | {r['uniform']['failures'] + r['hot']['failures']} failed | 0 "
         f"| {_ok(verdict['zero_failed_rpcs'])} |",
         f"| ledger after the run (money conserved, one transaction per success) "
@@ -237,8 +262,11 @@ def plot(r: dict[str, Any], path: Path) -> None:
     )
     ax3.legend(fontsize=8)
 
+    o = r["saga"]["open_model"]
     footer = (
-        f"Payment saga through Envoy: not yet measurable ({r['saga']['why']}). Load: "
+        f"Payment saga through Envoy: {r['saga']['best']['throughput_per_s']:.0f} payments/s closed-loop "
+        f"(÷ pgbench {r['ratios']['saga_vs_pgbench']:.3f}); open model at {o['rate_per_s']:.0f}/s: p50 "
+        f"{o['latency']['p50_ms']:.0f} ms, p99 {o['latency']['p99_ms']:.0f} ms, errors {o['errors']}. Load: "
         + r["uniform"]["load_generation"]
         + "."
     )
