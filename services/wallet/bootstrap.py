@@ -8,6 +8,7 @@ from services.framework import metrics
 from services.framework.cache import Redis
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.periodic import Periodic
 from services.framework.server import run
 from services.wallet.adapters.balance_cache import BalanceCache
@@ -48,7 +49,10 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         ),
         Periodic("reconcile-ledger", float(integer("INTERPAY_RECONCILE_INTERVAL_SECONDS", 60)), reconcile),
     ]
-    return WalletServicer(ledger), [db, redis, *jobs]
+    # Every ledger change writes its events to the outbox in its own transaction; the
+    # relay publishes them to Kafka (one replica at a time holds its lease).
+    relay = Relay(db, "wallet")
+    return WalletServicer(ledger), [db, redis, relay, *jobs]
 
 
 def main() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 
+from services.framework.outbox import Event
+from services.wallet.adapters.events import OUTBOX
 from services.wallet.domain.model import (
     Hold,
     HoldState,
@@ -158,10 +161,14 @@ class LedgerRepository:
         order: TransferOrder,
         legs: list[Leg],
         hold_id: uuid.UUID | None = None,
+        events: Sequence[Event] = (),
     ) -> list[Wallet] | None:
-        """One statement: the ledger header, each locked wallet's new amounts and each
-        wallet's entry. None (and nothing written) when another transaction took the
-        reference first; the caller replays that one."""
+        """One statement: the ledger header, each locked wallet's new amounts, each
+        wallet's entry and the movement's events in the outbox. None (and nothing
+        written) when another transaction took the reference first; the caller replays
+        that one. The events were built from the locked wallets; each must carry the
+        version its wallet now has, or the transaction fails rather than publish a
+        wrong event."""
         values = ", ".join(["(%s::uuid, %s::bigint, %s::bigint, %s::bigint, %s::uuid)"] * len(legs))
         params: list[Any] = [
             transaction_id,
@@ -176,6 +183,7 @@ class LedgerRepository:
         ]
         for leg in legs:
             params += [leg.wallet_id, leg.amount, leg.available_delta, leg.pending_delta, leg.counterparty]
+        outbox, outbox_params = OUTBOX.insert_cte(events, "EXISTS (SELECT 1 FROM header)")
         cur = await self.conn.execute(
             "WITH header AS ("
             "  INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, amount,"
@@ -196,11 +204,17 @@ class LedgerRepository:
             "    counterparty_wallet_id)"
             "  SELECT (SELECT transaction_id FROM header), wallet_id, entry_amount, balance,"
             "    counterparty FROM moved ORDER BY wallet_id)"
-            " SELECT * FROM moved",
-            params,
+            f"{outbox} SELECT * FROM moved",
+            params + outbox_params,
         )
         rows = await cur.fetchall()
-        return [_wallet(r) for r in rows] if rows else None
+        if not rows:
+            return None
+        wallets = [_wallet(r) for r in rows]
+        announced = {(e.aggregate_id, e.aggregate_version) for e in events}
+        if events and not all((str(w.wallet_id), w.version) in announced for w in wallets):
+            raise RuntimeError("a movement's events do not match the wallets it wrote")
+        return wallets
 
     async def reserve(self, wallet_id: uuid.UUID, amount: int) -> Wallet:
         """Moves `amount` from available to pending (negative to give it back)."""

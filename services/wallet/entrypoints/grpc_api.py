@@ -6,58 +6,16 @@ import uuid
 from datetime import UTC
 from typing import Any
 
-from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 
-from services.framework.proto import timestamp
+from services.wallet.adapters.messages import KINDS, OWNER_TYPES, entry_pb, hold_pb, wallet_pb
 from services.wallet.domain.model import (
-    Hold,
-    OwnerType,
     SystemAccount,
     TransactionKind,
     TransferOrder,
-    Wallet,
     WalletState,
 )
 from services.wallet.service_layer.ledger import Ledger, TransferResult
-
-_OWNER_TYPES = {
-    pb.OWNER_TYPE_USER: OwnerType.USER,
-    pb.OWNER_TYPE_MERCHANT: OwnerType.MERCHANT,
-    pb.OWNER_TYPE_SYSTEM: OwnerType.SYSTEM,
-}
-_OWNER_TYPES_PB = {v: k for k, v in _OWNER_TYPES.items()}
-_KINDS_PB = {kind: pb.TransactionKind.Value(f"TRANSACTION_KIND_{kind.value}") for kind in TransactionKind}
-_KINDS = {v: k for k, v in _KINDS_PB.items()}
-
-
-def wallet_pb(w: Wallet) -> pb.Wallet:
-    return pb.Wallet(
-        wallet_id=str(w.wallet_id),
-        owner_type=_OWNER_TYPES_PB[w.owner_type],
-        owner_id=w.owner_id,
-        currency=w.currency,
-        balance=Money(amount_minor=w.balance, currency=w.currency),
-        available=Money(amount_minor=w.available, currency=w.currency),
-        pending=Money(amount_minor=w.pending, currency=w.currency),
-        state=pb.Wallet.State.Value(f"STATE_{w.state.value}"),
-        version=w.version,
-        create_time=timestamp(w.created_at),
-        update_time=timestamp(w.updated_at),
-    )
-
-
-def hold_pb(h: Hold) -> pb.Hold:
-    return pb.Hold(
-        hold_id=str(h.hold_id),
-        wallet_id=str(h.wallet_id),
-        amount=Money(amount_minor=h.amount, currency=h.currency),
-        captured_amount=Money(amount_minor=h.captured_amount, currency=h.currency),
-        reference=h.reference,
-        state=pb.Hold.State.Value(f"STATE_{h.state.value}"),
-        expire_time=timestamp(h.expires_at),
-        create_time=timestamp(h.created_at),
-    )
 
 
 class WalletServicer:
@@ -66,7 +24,7 @@ class WalletServicer:
 
     async def CreateWallet(self, request: pb.CreateWalletRequest, context: Any) -> pb.CreateWalletResponse:
         wallet = await self.ledger.create_wallet(
-            _OWNER_TYPES[request.owner_type], request.owner_id, request.currency
+            OWNER_TYPES[request.owner_type], request.owner_id, request.currency
         )
         return pb.CreateWalletResponse(wallet=wallet_pb(wallet))
 
@@ -75,7 +33,7 @@ class WalletServicer:
         return pb.GetWalletResponse(wallet=wallet_pb(wallet))
 
     async def ListWallets(self, request: pb.ListWalletsRequest, context: Any) -> pb.ListWalletsResponse:
-        wallets = await self.ledger.list_wallets(_OWNER_TYPES[request.owner_type], request.owner_id)
+        wallets = await self.ledger.list_wallets(OWNER_TYPES[request.owner_type], request.owner_id)
         return pb.ListWalletsResponse(wallets=[wallet_pb(w) for w in wallets])
 
     async def ListWalletTransactions(
@@ -86,16 +44,17 @@ class WalletServicer:
         )
         return pb.ListWalletTransactionsResponse(
             transactions=[
-                pb.WalletTransaction(
-                    transaction_id=str(r["transaction_id"]),
-                    wallet_id=str(r["wallet_id"]),
-                    amount=Money(amount_minor=r["amount"], currency=r["currency"]),
-                    balance_after=Money(amount_minor=r["balance_after"], currency=r["currency"]),
-                    kind=_KINDS_PB[TransactionKind(r["kind"])],
+                entry_pb(
+                    transaction_id=r["transaction_id"],
+                    wallet_id=r["wallet_id"],
+                    amount=r["amount"],
+                    balance_after=r["balance_after"],
+                    currency=r["currency"],
+                    kind=TransactionKind(r["kind"]),
                     reference=r["reference"],
-                    counterparty_wallet_id=str(r["counterparty_wallet_id"]),
+                    counterparty_wallet_id=r["counterparty_wallet_id"],
                     description=r["description"],
-                    create_time=timestamp(r["created_at"]),
+                    created_at=r["created_at"],
                 )
                 for r in rows
             ],
@@ -115,7 +74,7 @@ class WalletServicer:
         )
 
     async def TransferFunds(self, request: pb.TransferFundsRequest, context: Any) -> pb.TransferFundsResponse:
-        kind = _KINDS.get(request.kind, TransactionKind.TRANSFER)
+        kind = KINDS.get(request.kind, TransactionKind.TRANSFER)
         result: TransferResult = await self.ledger.transfer(
             TransferOrder(
                 source_wallet_id=uuid.UUID(request.source_wallet_id),

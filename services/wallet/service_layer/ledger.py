@@ -5,14 +5,23 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from services.framework import paging
 from services.framework.db import Database
 from services.framework.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
+from services.framework.outbox import Event
 from services.wallet.adapters.balance_cache import BalanceCache
+from services.wallet.adapters.events import (
+    OUTBOX,
+    STATE_EVENTS,
+    entry_event,
+    hold_event,
+    moved,
+    wallet_event,
+)
 from services.wallet.adapters.repository import LedgerRepository, Leg, transfer_legs
 from services.wallet.domain.model import (
     Hold,
@@ -42,6 +51,26 @@ class TransferResult:
     source: Wallet
     destination: Wallet
     replayed: bool
+
+
+def movement_events(
+    wallets: dict[uuid.UUID, Wallet],
+    transaction_id: uuid.UUID,
+    order: TransferOrder,
+    legs: list[Leg],
+    captured: Hold | None = None,
+) -> list[Event]:
+    """One event per wallet a movement changes, from the wallets locked for it: the
+    entry it records, or for the payer of a captured hold, the hold captured."""
+    at = datetime.now(UTC)
+    events = []
+    for leg in legs:
+        after = moved(wallets[leg.wallet_id], leg.amount, leg.available_delta, leg.pending_delta, at)
+        if captured is not None and leg.wallet_id == captured.wallet_id:
+            events.append(hold_event(captured, after.version))
+        else:
+            events.append(entry_event(after, transaction_id, order, leg.amount, leg.counterparty, at))
+    return events
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,8 @@ class Ledger:
     async def create_wallet(self, owner_type: OwnerType, owner_id: str, currency: str) -> Wallet:
         async with self.db.transaction() as conn:
             wallet = await LedgerRepository(conn).insert_wallet(uuid.uuid4(), owner_type, owner_id, currency)
+            if wallet is not None:
+                await OUTBOX.add(conn, [wallet_event(wallet, "WalletCreated")])
         if wallet is None:
             raise AlreadyExists(
                 f"{owner_type.value} {owner_id} already has a {currency} wallet",
@@ -108,7 +139,9 @@ class Ledger:
             repo = LedgerRepository(conn)
             wallet = await repo.get_wallet(wallet_id)
             if wallet is None:
-                await repo.insert_wallet(wallet_id, OwnerType.SYSTEM, account.value, currency)
+                created = await repo.insert_wallet(wallet_id, OwnerType.SYSTEM, account.value, currency)
+                if created is not None:
+                    await OUTBOX.add(conn, [wallet_event(created, "WalletCreated")])
                 wallet = await repo.get_wallet(wallet_id)
         assert wallet is not None
         return wallet
@@ -153,11 +186,14 @@ class Ledger:
                     return await self._replay(repo, order)
                 raise
             transaction_id = uuid.uuid4()
-            moved = await repo.record_movement(transaction_id, order, transfer_legs(order))
-            if moved is None:
+            legs = transfer_legs(order)
+            written = await repo.record_movement(
+                transaction_id, order, legs, events=movement_events(wallets, transaction_id, order, legs)
+            )
+            if written is None:
                 return await self._replay(repo, order)
-            changed.extend(moved)
-        updated = {w.wallet_id: w for w in moved}
+            changed.extend(written)
+        updated = {w.wallet_id: w for w in written}
         return TransferResult(
             transaction_id,
             updated[order.source_wallet_id],
@@ -235,9 +271,11 @@ class Ledger:
                     )
                 return first
             check_place_hold(wallets[wallet_id], amount, currency)
-            changed.append(await repo.reserve(wallet_id, amount))
+            wallet = await repo.reserve(wallet_id, amount)
+            changed.append(wallet)
             hold = await repo.get_hold(hold_id)
-        assert hold is not None
+            assert hold is not None
+            await OUTBOX.add(repo.conn, [hold_event(hold, wallet.version)])
         return hold
 
     @staticmethod
@@ -293,13 +331,20 @@ class Ledger:
                 Leg(source.wallet_id, -amount, hold.amount - amount, -hold.amount, destination_wallet_id),
                 Leg(destination_wallet_id, amount, amount, 0, source.wallet_id),
             ]
-            moved = await repo.record_movement(transaction_id, order, legs, hold_id=hold_id)
-            if moved is None:
+            captured = replace(hold, state=HoldState.CAPTURED, captured_amount=amount)
+            written = await repo.record_movement(
+                transaction_id,
+                order,
+                legs,
+                hold_id=hold_id,
+                events=movement_events(wallets, transaction_id, order, legs, captured),
+            )
+            if written is None:
                 raise ReferenceReused(
                     f"reference {reference!r} was just used for another movement",
                     metadata={"reference": reference, "mismatched_fields": "hold_id"},
                 )
-            changed.extend(moved)
+            changed.extend(written)
             hold = await repo.resolve_hold(hold_id, HoldState.CAPTURED, amount, transaction_id)
         return hold, transaction_id
 
@@ -318,8 +363,10 @@ class Ledger:
                 raise HoldNotActive(hold, "released")
             if expired and hold.expires_at > datetime.now(UTC):
                 return hold
-            changed.append(await repo.reserve(hold.wallet_id, -hold.amount))
+            wallet = await repo.reserve(hold.wallet_id, -hold.amount)
+            changed.append(wallet)
             hold = await repo.resolve_hold(hold_id, HoldState.EXPIRED if expired else HoldState.RELEASED)
+            await OUTBOX.add(repo.conn, [hold_event(hold, wallet.version)])
         return hold
 
     async def expire_holds(self, batch: int = 100) -> int:
@@ -343,6 +390,7 @@ class Ledger:
                 return wallet  # already there: retry-safe
             wallet = await repo.set_state(wallet_id, target, reason)
             changed.append(wallet)
+            await OUTBOX.add(repo.conn, [wallet_event(wallet, STATE_EVENTS[target])])
         return wallet
 
     # -- reconciliation -----------------------------------------------------------------
