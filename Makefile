@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: bootstrap proto publish-contracts lint up down status logs demo test bench
+.PHONY: bootstrap proto publish-contracts lint certs up down status logs demo test bench
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,10 @@ lint: bootstrap
 	.venv/bin/ruff format --check services scripts tests bench
 	.venv/bin/mypy
 
+certs: bootstrap  ## the dev mesh's CA and mTLS certificates (`up` makes them too)
+	$(PY) scripts/certs.py --profile dev
+
+# mTLS between services is on; `INTERPAY_PLAINTEXT=1 make up` turns it off, for development only.
 up: bootstrap  ## start the local mesh (dev profile) and leave it running
 	$(PY) scripts/mesh.py up --profile dev
 

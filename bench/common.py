@@ -1,5 +1,5 @@
-"""What every part of the harness shares: the bench profile's addresses, its secrets, a
-superuser connection to its PostgreSQL, and latency statistics."""
+"""What every part of the harness shares: the bench profile's addresses, its secrets, mTLS
+channels to its services, a superuser connection to its PostgreSQL, and latency statistics."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 
-from services.framework.topology import PROFILES
+from services.framework.identity import TlsFiles, channel_options, plaintext
+from services.framework.topology import OPERATOR, PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = PROFILES["bench"]
@@ -29,6 +31,33 @@ def check_loopback(addr: str) -> str:
     if host != HOST:
         raise SystemExit(f"refusing to benchmark a non-loopback target: {addr}")
     return addr
+
+
+def _tls(identity: str) -> TlsFiles | None:
+    return None if plaintext() else TlsFiles.in_directory(DATA / "certs", identity)
+
+
+def service_channel(
+    addr: str, service: str, identity: str = OPERATOR, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel straight to `service`, presenting `identity`'s certificate (the mesh is mTLS)."""
+    tls = _tls(identity)
+    if tls is None:
+        return grpc.insecure_channel(check_loopback(addr), options=list(options))
+    return grpc.secure_channel(
+        check_loopback(addr), tls.channel_credentials(), options=[*options, *channel_options(service)]
+    )
+
+
+def service_aio_channel(
+    addr: str, service: str, identity: str = OPERATOR, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    tls = _tls(identity)
+    if tls is None:
+        return grpc.aio.insecure_channel(check_loopback(addr), options=list(options))
+    return grpc.aio.secure_channel(
+        check_loopback(addr), tls.channel_credentials(), options=[*options, *channel_options(service)]
+    )
 
 
 def postgres_password() -> str:

@@ -34,6 +34,7 @@ from interpay.common.v1.money_pb2 import Money
 from interpay.fraud.v1 import fraud_service_pb2 as pb
 from interpay.fraud.v1.fraud_service_pb2_grpc import FraudServiceStub
 
+from services.framework.identity import TlsFiles, channel_options, plaintext
 from services.framework.topology import PROFILES, Profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +201,18 @@ async def run(profile: Profile | str, seconds: float, concurrency: int = CONCURR
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
-    async with grpc.aio.insecure_channel(address) as channel, httpx.AsyncClient(timeout=5) as http:
+    # CheckTransaction is internal: the load stands in for the orchestrator's fraud step.
+    tls = (
+        None
+        if plaintext()
+        else TlsFiles.in_directory(ROOT / ".data" / profile.name / "certs", "orchestrator")
+    )
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if tls is None
+        else grpc.aio.secure_channel(address, tls.channel_credentials(), options=channel_options("fraud"))
+    )
+    async with channel, httpx.AsyncClient(timeout=5) as http:
         fraud = FraudServiceStub(channel)
         created = []
         try:

@@ -24,7 +24,7 @@ from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
-from bench.common import check_loopback
+from bench.common import check_loopback, service_aio_channel
 
 RPC_DEADLINE_S = 10.0
 FAILURE_BACKOFF_S = 0.01  # a failing service must not turn a lane into a busy loop
@@ -57,7 +57,8 @@ async def _run(job: dict[str, Any], ready: Any, go: Any) -> dict[str, Any]:
     seq = itertools.count()
 
     options = [("grpc.max_receive_message_length", 4 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
+    # TransferFunds is internal: the load stands in for the orchestrator's saga steps.
+    async with service_aio_channel(target, "wallet", "orchestrator", options) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=15)
         stub = WalletServiceStub(channel)
         ready.put(os.getpid())

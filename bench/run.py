@@ -55,6 +55,8 @@ from bench.common import (
     check_loopback,
     latency_summary,
     pg_connect,
+    service_aio_channel,
+    service_channel,
 )
 from bench.loadgen import RPC_DEADLINE_S, worker_main
 from bench.sysstat import CpuMeter, fsync_probe, top_snapshot
@@ -162,7 +164,7 @@ class PgStats:
 # -- setup ----------------------------------------------------------------------------------
 async def open_and_fund(n_users: int, run_id: str) -> tuple[list[str], str]:
     """n_users USER wallets and one MERCHANT wallet in CURRENCY, each user funded once."""
-    async with grpc.aio.insecure_channel(check_loopback(WALLET_ADDR)) as channel:
+    async with service_aio_channel(WALLET_ADDR, "wallet") as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=15)
         stub = WalletServiceStub(channel)
         gate = asyncio.Semaphore(16)
@@ -315,8 +317,8 @@ def transcoding_overhead(wallet_id: str, n: int, rounds: int = 10) -> dict[str, 
     """n sequential GetWallet calls per path, interleaved in `rounds` blocks (so drift hits
     every path alike), after a warm-up of 100 calls each."""
     request = pb.GetWalletRequest(wallet_id=wallet_id)
-    direct = grpc.insecure_channel(check_loopback(WALLET_ADDR))
-    via_envoy = grpc.insecure_channel(check_loopback(GATEWAY_GRPC_ADDR))
+    direct = service_channel(WALLET_ADDR, "wallet")
+    via_envoy = grpc.insecure_channel(check_loopback(GATEWAY_GRPC_ADDR))  # the edge: no mTLS
     http = httpx.Client(base_url=check_loopback(GATEWAY_URL), timeout=5.0)
     direct_stub, envoy_stub = WalletServiceStub(direct), WalletServiceStub(via_envoy)
     path = f"/v1/wallets/{wallet_id}"

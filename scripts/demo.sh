@@ -6,6 +6,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 gw="http://127.0.0.1:8080"
 grpcurl=".venv/bin/grpcurl"
+# grpcurl presents the operator's certificate (mTLS); plaintext only under INTERPAY_PLAINTEXT=1.
+certs=".data/dev/certs"
+if [ "${INTERPAY_PLAINTEXT:-}" = "1" ]; then tls="-plaintext"
+else tls="-cacert $certs/ca.pem -cert $certs/operator.pem -key $certs/operator-key.pem"; fi
 json() { .venv/bin/python -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {'d': d}))" "$1"; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '   $ %s\n' "$*"; }
@@ -50,8 +54,8 @@ code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -X POST "$gw/v1/wall
 echo "   HTTP $code: $(json "', '.join(v['field'] + ' ' + v['description'] for v in d['details'][1]['fieldViolations'])" < /tmp/interpay-demo.json)"
 
 say "8. Ada's history, newest first (grpcurl straight to the wallet service, via reflection)"
-show "$grpcurl -plaintext -d '{\"wallet_id\": \"$wa\"}' 127.0.0.1:50052 interpay.wallet.v1.WalletService/ListWalletTransactions"
-"$grpcurl" -plaintext -d "{\"wallet_id\":\"$wa\"}" 127.0.0.1:50052 interpay.wallet.v1.WalletService/ListWalletTransactions \
+show "$grpcurl $tls -d '{\"wallet_id\": \"$wa\"}' 127.0.0.1:50052 interpay.wallet.v1.WalletService/ListWalletTransactions"
+"$grpcurl" $tls -d "{\"wallet_id\":\"$wa\"}" 127.0.0.1:50052 interpay.wallet.v1.WalletService/ListWalletTransactions \
   | json "'\n'.join('   %s %8s %s  balance after %s' % (t['kind'].removeprefix('TRANSACTION_KIND_'), t['amount']['amount_minor'], t['amount']['currency'], t['balance_after']['amount_minor']) for t in d['transactions'])"
 echo "   Ben's balance: $(curl -sf "$gw/v1/wallets/$wb" | json "d['wallet']['balance']['amountMinor'] + ' ' + d['wallet']['balance']['currency']")"
 
@@ -64,8 +68,8 @@ cat <<EOF2
 The mesh is still running. Try next:
   curl $gw/v1/wallets/$wa
   curl "$gw/v1/wallets/$wa/transactions?pageSize=1"
-  $grpcurl -plaintext 127.0.0.1:50052 list
-  $grpcurl -plaintext 127.0.0.1:50052 describe interpay.wallet.v1.WalletService
+  $grpcurl $tls 127.0.0.1:50052 list
+  $grpcurl $tls 127.0.0.1:50052 describe interpay.wallet.v1.WalletService
   make status      # processes, ports, health
   make logs        # the last lines of every process's log (.data/dev/logs/)
   make down        # stop everything

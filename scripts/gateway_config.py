@@ -4,6 +4,10 @@ Only public RPCs (those with a `google.api.http` rule) get a route, matched on t
 exact gRPC path after transcoding, so internal RPCs are unreachable through the gateway
 over HTTP/JSON and native gRPC alike. The same generator serves the local mesh and the
 Kubernetes gateway, so both transcode identically.
+
+Envoy calls every service over mTLS as the `gateway` identity, and accepts a service only
+if its certificate carries that service's SPIFFE id. Under the development switch
+INTERPAY_PLAINTEXT=1 it calls them in plaintext.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from services.framework.topology import SERVICES, Profile
+from services.framework.identity import TlsFiles, dns_name, plaintext, spiffe_id
+from services.framework.topology import GATEWAY, SERVICES, Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTORS = ROOT / "gen" / "descriptors.binpb"
@@ -83,9 +88,36 @@ def transcoder(descriptor_path: str) -> dict[str, Any]:
     }
 
 
-def cluster(name: str, address: str, port: int) -> dict[str, Any]:
+def upstream_tls(service: str, tls: TlsFiles) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": _typed(
+            "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            sni=dns_name(service),
+            common_tls_context={
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(tls.cert)},
+                        "private_key": {"filename": str(tls.key)},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls.ca)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": spiffe_id(service)}}
+                    ],
+                },
+            },
+        ),
+    }
+
+
+def cluster(name: str, address: str, port: int, tls: TlsFiles | None = None) -> dict[str, Any]:
+    tls_socket = {"transport_socket": upstream_tls(name, tls)} if tls else {}
     return {
         "name": name,
+        **tls_socket,
         "type": "STATIC" if address[0].isdigit() else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
@@ -111,7 +143,12 @@ def cluster(name: str, address: str, port: int) -> dict[str, Any]:
     }
 
 
-def envoy_config(profile: Profile) -> dict[str, Any]:
+def envoy_config(profile: Profile, certs: Path | None = None) -> dict[str, Any]:
+    """The gateway of `profile`, calling services with the gateway certificate in `certs`
+    (by default the profile's, from scripts/certs.py) unless INTERPAY_PLAINTEXT=1."""
+    if certs is None and not plaintext():
+        certs = ROOT / ".data" / profile.name / "certs"
+    tls = TlsFiles.in_directory(certs, GATEWAY) if certs else None
     access_log = {
         "name": "envoy.access_loggers.stdout",
         "typed_config": _typed(
@@ -169,6 +206,6 @@ def envoy_config(profile: Profile) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [cluster(s.name, loopback, profile.service_port(s.name)) for s in SERVICES],
+            "clusters": [cluster(s.name, loopback, profile.service_port(s.name), tls) for s in SERVICES],
         },
     }

@@ -1,4 +1,5 @@
-"""The local mesh: PostgreSQL, Redis, every service and Envoy on loopback, under supervisord.
+"""The local mesh: PostgreSQL, Redis, Kafka, Cassandra, every service and Envoy on loopback,
+under supervisord.
 
     python scripts/mesh.py up [--profile dev|test]      start (or complete) the mesh, wait for health
     python scripts/mesh.py down [--profile ...]         stop everything
@@ -7,7 +8,8 @@
 Everything lives under `.data/<profile>/` (git-ignored): the PostgreSQL cluster, the
 generated supervisord and Envoy configs, secrets, and one log file per process in
 `.data/<profile>/logs/`. The shape (services, ports) comes from
-services/framework/topology.py.
+services/framework/topology.py; Kafka and Cassandra (jars, configs, schema) from
+scripts/infra.py.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ import psycopg  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from psycopg import sql  # noqa: E402
 
+from scripts.certs import ensure as ensure_certs  # noqa: E402
 from scripts.gateway_config import envoy_config  # noqa: E402
-from services.framework.topology import PROFILES, SERVICES, Profile  # noqa: E402
+from scripts.infra import Cassandra, Kafka, wait_until  # noqa: E402
+from services.framework.identity import TlsFiles, channel_options, plaintext  # noqa: E402
+from services.framework.topology import OPERATOR, PROFILES, SERVICES, Profile  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -46,6 +51,9 @@ class Mesh:
         self.run_dir = self.data / "run"
         self.logs = self.data / "logs"
         self.sock = self.run_dir / "supervisor.sock"
+        self.certs = self.data / "certs"  # the mesh's CA and mTLS certificates (scripts/certs.py)
+        self.kafka = Kafka(profile, self.data)
+        self.cassandra = Cassandra(profile, self.data, self.logs)
 
     # -- secrets -------------------------------------------------------------------------
     def secrets(self) -> dict[str, str]:
@@ -162,7 +170,19 @@ class Mesh:
             "INTERPAY_METRICS_PORT": str(self.profile.metrics_port(name)),
             "INTERPAY_DATABASE_URL": self.database_url(name),
             "INTERPAY_REDIS_URL": f"redis://127.0.0.1:{self.profile.redis_port}/0",
+            "INTERPAY_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "INTERPAY_CASSANDRA_HOSTS": "127.0.0.1",
+            "INTERPAY_CASSANDRA_PORT": str(self.profile.cassandra_port),
         }
+        if plaintext():
+            env["INTERPAY_PLAINTEXT"] = "1"  # development only
+        else:
+            tls = TlsFiles.in_directory(self.certs, name)
+            env |= {
+                "INTERPAY_TLS_CERT_FILE": str(tls.cert),
+                "INTERPAY_TLS_KEY_FILE": str(tls.key),
+                "INTERPAY_TLS_CA_FILE": str(tls.ca),
+            }
         for peer in spec.peers:
             env[f"INTERPAY_{peer.upper()}_ADDR"] = f"127.0.0.1:{self.profile.service_port(peer)}"
         if name == "wallet":
@@ -170,6 +190,13 @@ class Mesh:
             env["INTERPAY_RECONCILE_INTERVAL_SECONDS"] = "30"
         if name == "vault":
             env["INTERPAY_VAULT_KEK_FILE"] = str(self.vault_key())
+        if self.profile.name == "test":
+            # Crash tests arm failpoints here (services/framework/failpoints.py); a dead
+            # runner's sagas are taken over after a short lease.
+            env["INTERPAY_FAILPOINTS_DIR"] = str(self.data / "failpoints")
+            (self.data / "failpoints").mkdir(parents=True, exist_ok=True)
+            if name == "orchestrator":
+                env["INTERPAY_SAGA_LEASE_SECONDS"] = "3"
         if name == "users":
             env["INTERPAY_JWT_PRIVATE_KEY_FILE"] = str(self.jwt_key())
         return env
@@ -245,6 +272,10 @@ class Mesh:
                 autostart=True,
                 priority=10,
             ),
+            # The JVM servers start with the databases, in parallel with everything after
+            # them; `up` waits for them last, by when they are usually ready.
+            program("kafka", self.kafka.command(), autostart=True, priority=10),
+            program("cassandra", self.cassandra.command(), autostart=True, priority=10),
         ]
         for spec in SERVICES:
             parts.append(
@@ -278,7 +309,10 @@ class Mesh:
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.pg_sock_dir(), "postgres")
         (self.data / "supervisord.conf").write_text(self.supervisord_conf())
-        (self.data / "envoy.yaml").write_text(self.envoy_yaml())
+        envoy_yaml = self.data / "envoy.yaml"
+        # Envoy reads its config once: `up` restarts it when the config changed (mTLS on/off).
+        self.envoy_changed = not envoy_yaml.exists() or envoy_yaml.read_text() != self.envoy_yaml()
+        envoy_yaml.write_text(self.envoy_yaml())
 
     # -- lifecycle -----------------------------------------------------------------------
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -293,12 +327,16 @@ class Mesh:
         return self.sock.exists() and self.ctl("pid", check=False).returncode == 0
 
     def up(self) -> None:
+        started = time.monotonic()
+        ensure_certs(self.certs)
         self.write_configs()
         self.init_postgres()
+        self.kafka.prepare()
+        self.cassandra.prepare()
         if self.supervisord_running():
             self.ctl("reread")
             self.ctl("update")
-            self.ctl("start", "postgres", "redis", check=False)
+            self.ctl("start", "postgres", "redis", "kafka", "cassandra", check=False)
         else:
             subprocess.run(
                 [str(VENV_BIN / "supervisord"), "-c", str(self.data / "supervisord.conf")], check=True
@@ -307,10 +345,18 @@ class Mesh:
         self.provision_databases()
         self.ctl("start", *(s.name for s in SERVICES), check=False)
         self.wait_for_services()
-        self.ctl("start", "envoy", check=False)
+        self.ctl("restart" if self.envoy_changed else "start", "envoy", check=False)
         self.wait_for_envoy()
+        ready = time.monotonic()
+        wait_until(self.kafka.ready, 90, "Kafka", self.logs / "kafka.log")
+        kafka_ready = time.monotonic()
+        wait_until(self.cassandra.ready, 120, "Cassandra", self.logs / "cassandra.log")
+        self.cassandra.apply_schema()
         print(
-            f"mesh '{self.profile.name}' is up: gateway http://127.0.0.1:{self.profile.gateway_port}"
+            f"mesh '{self.profile.name}' is up in {time.monotonic() - started:.1f}s "
+            f"(services and gateway {ready - started:.1f}s, then waited "
+            f"{kafka_ready - ready:.1f}s for Kafka, {time.monotonic() - kafka_ready:.1f}s for "
+            f"Cassandra and its schema): gateway http://127.0.0.1:{self.profile.gateway_port}"
             f"  logs {self.logs}"
         )
 
@@ -343,7 +389,12 @@ class Mesh:
 
     def health(self, name: str, timeout: float = 1.0) -> str:
         target = f"127.0.0.1:{self.profile.service_port(name)}"
-        with grpc.insecure_channel(target) as ch:
+        if plaintext():
+            channel = grpc.insecure_channel(target)
+        else:
+            tls = TlsFiles.in_directory(self.certs, OPERATOR)
+            channel = grpc.secure_channel(target, tls.channel_credentials(), options=channel_options(name))
+        with channel as ch:
             try:
                 reply = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -393,7 +444,12 @@ class Mesh:
         print(
             f"{'redis':<15}{'127.0.0.1:' + str(p.redis_port):<22}{'READY' if self.redis_ready() else 'DOWN'}"
         )
-        ok = True
+        kafka, cassandra = self.kafka.ready(), self.cassandra.ready()
+        print(f"{'kafka':<15}{self.kafka.bootstrap:<22}{'READY' if kafka else 'DOWN'}")
+        print(
+            f"{'cassandra':<15}{'127.0.0.1:' + str(p.cassandra_port):<22}{'READY' if cassandra else 'DOWN'}"
+        )
+        ok = kafka and cassandra
         for spec in SERVICES:
             state = self.health(spec.name)
             ok &= state == "SERVING"

@@ -1,6 +1,10 @@
 """Shared fixtures: where the test mesh is (profile `test`, started by scripts/test.sh),
-channels and stubs to its services, an HTTP client for its Envoy gateway, and ids that
-never collide between tests."""
+mTLS channels to its services, an HTTP client for its Envoy gateway, and ids that never
+collide between tests.
+
+`channel(service)` presents the `operator` certificate, as an engineer with grpcurl would;
+`channel(service, "orchestrator")` presents a service's own, for the internal RPCs whose
+allowlist names that service."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import grpc
 import httpx
 import pytest
 
-from services.framework.topology import PROFILES, Profile
+from services.framework.topology import OPERATOR, PROFILES, Profile
+from tests.helpers import service_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,12 +36,12 @@ def mesh_secrets(profile: Profile) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def channel(profile: Profile) -> Iterator[object]:
-    channels: dict[str, grpc.Channel] = {}
+    channels: dict[tuple[str, str], grpc.Channel] = {}
 
-    def get(service: str) -> grpc.Channel:
-        if service not in channels:
-            channels[service] = grpc.insecure_channel(f"127.0.0.1:{profile.service_port(service)}")
-        return channels[service]
+    def get(service: str, identity: str = OPERATOR) -> grpc.Channel:
+        if (service, identity) not in channels:
+            channels[service, identity] = service_channel(profile, service, identity)
+        return channels[service, identity]
 
     yield get
     for ch in channels.values():

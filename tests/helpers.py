@@ -1,13 +1,54 @@
-"""Small helpers the tests share: reading google.rpc details from a failed call or an
-HTTP error body."""
+"""Small helpers the tests share: channels and grpcurl arguments carrying an mTLS
+identity, and reading google.rpc details from a failed call or an HTTP error body."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from services.framework.identity import TlsFiles, channel_options, plaintext
+from services.framework.topology import OPERATOR, Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def certs_dir(profile: Profile) -> Path:
+    """Where scripts/certs.py put the profile's CA and certificates."""
+    return ROOT / ".data" / profile.name / "certs"
+
+
+def tls_files(profile: Profile, identity: str = OPERATOR) -> TlsFiles | None:
+    """The certificate the tests present as `identity`: `operator` (an engineer) unless a
+    test acts as a service; None under INTERPAY_PLAINTEXT=1."""
+    return None if plaintext() else TlsFiles.in_directory(certs_dir(profile), identity)
+
+
+def service_channel(profile: Profile, service: str, identity: str = OPERATOR) -> grpc.Channel:
+    target = f"127.0.0.1:{profile.service_port(service)}"
+    tls = tls_files(profile, identity)
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.channel_credentials(), options=channel_options(service))
+
+
+def service_aio_channel(profile: Profile, service: str, identity: str = OPERATOR) -> grpc.aio.Channel:
+    target = f"127.0.0.1:{profile.service_port(service)}"
+    tls = tls_files(profile, identity)
+    if tls is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=channel_options(service))
+
+
+def grpcurl_tls(profile: Profile, identity: str = OPERATOR) -> list[str]:
+    """grpcurl's flags to reach a service of the mesh as `identity`."""
+    tls = tls_files(profile, identity)
+    if tls is None:
+        return ["-plaintext"]
+    return ["-cacert", str(tls.ca), "-cert", str(tls.cert), "-key", str(tls.key)]
 
 
 def rpc_details(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from services.framework.identity import TlsFiles, plaintext
 from services.framework.topology import BY_NAME, ServiceSpec
 
 
@@ -44,6 +46,7 @@ class ServiceConfig:
     db_pool_max: int
     peer_deadline_seconds: float
     metrics_port: int = 0
+    tls: TlsFiles | None = None  # None only under the development switch INTERPAY_PLAINTEXT=1
 
     @classmethod
     def from_env(cls, service: str) -> ServiceConfig:
@@ -63,4 +66,23 @@ class ServiceConfig:
             db_pool_max=integer("INTERPAY_DB_POOL_MAX", 10),
             peer_deadline_seconds=float(integer("INTERPAY_PEER_DEADLINE_MS", 5000)) / 1000,
             metrics_port=integer("INTERPAY_METRICS_PORT", 0),
+            tls=tls_files(),
         )
+
+
+def tls_files() -> TlsFiles | None:
+    """The process's mTLS certificate, key and CA; required unless INTERPAY_PLAINTEXT=1."""
+    if plaintext():
+        return None
+    hint = " (or INTERPAY_PLAINTEXT=1, for development only)"
+    paths = {}
+    for part in ("cert", "key", "ca"):
+        name = f"INTERPAY_TLS_{part.upper()}_FILE"
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            raise ConfigError(f"environment variable {name} is required{hint}")
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"{name}={path} is not a readable file{hint}")
+        paths[part] = path
+    return TlsFiles(**paths)

@@ -5,7 +5,10 @@
    a business error from a peer passes through unchanged; a peer that cannot be reached
    becomes UNAVAILABLE; anything unexpected becomes INTERNAL with only a trace id, its
    traceback going to the log and never to the caller.
-2. `ValidationInterceptor`: the protovalidate rules declared in the contract, checked on
+2. `AllowlistInterceptor`: an internal RPC (one without an HTTP rule) admits only the
+   mTLS identities its allowlist in topology.py names; any other caller is refused with
+   PERMISSION_DENIED before the request is even validated.
+3. `ValidationInterceptor`: the protovalidate rules declared in the contract, checked on
    every request before any handler runs; violations are INVALID_ARGUMENT with a
    BadRequest naming each field.
 """
@@ -22,8 +25,10 @@ import protovalidate
 from buf.validate import validate_pb2
 from grpc_status import rpc_status
 
-from services.framework import errors
+from services.framework import errors, failpoints
+from services.framework.identity import admit, identify
 from services.framework.logs import current_trace_id
+from services.framework.topology import ServiceSpec
 
 log = logging.getLogger("interpay.rpc")
 
@@ -66,6 +71,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         method = handler_call_details.method
+        rpc_name = method.rsplit("/", 1)[-1]
         handler = await continuation(handler_call_details)
 
         def wrap(inner: Behaviour) -> Behaviour:
@@ -73,7 +79,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
-                    return await inner(request, context)
+                    failpoints.hit(f"{self.service}.{rpc_name}.before")
+                    reply = await inner(request, context)
+                    failpoints.hit(f"{self.service}.{rpc_name}.after")  # done, not yet answered
+                    return reply
                 except errors.ServiceError as exc:
                     code = exc.code
                     await abort(context, exc.to_status(self.domain))
@@ -134,6 +143,34 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             ).to_status(self.domain),
         )
         return grpc.StatusCode.UNAVAILABLE
+
+
+class AllowlistInterceptor(grpc.aio.ServerInterceptor):
+    """Enforces `ServiceSpec.internal_callers`. With `require_identity` (mTLS), a caller
+    without a verified identity is refused too; without it (INTERPAY_PLAINTEXT=1) such a
+    caller is admitted, as `unverified:<address>` in whatever it does."""
+
+    def __init__(self, spec: ServiceSpec, require_identity: bool) -> None:
+        self.prefix = f"/{spec.grpc_service}/"
+        self.allowlist = spec.internal_callers
+        self.require_identity = require_identity
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        rpc = method.removeprefix(self.prefix)
+        if not method.startswith(self.prefix) or rpc not in self.allowlist:
+            return handler  # public RPCs, health and reflection
+        allowed = self.allowlist[rpc]
+
+        def wrap(inner: Behaviour) -> Behaviour:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                admit(identify(context), rpc, allowed, self.require_identity)
+                return await inner(request, context)
+
+            return behaviour
+
+        return _wrap_unary(handler, wrap)
 
 
 def _field_path(violation: validate_pb2.Violation) -> str:

@@ -2,8 +2,9 @@
 
 `run(service, build)` is a service's whole `main`: it reads the configuration, lets the
 service's composition root build its servicer and resources, serves the contract with
-health and reflection, and on SIGTERM/SIGINT reports NOT_SERVING, drains in-flight RPCs
-for the grace period and closes its resources.
+health and reflection over mTLS (a client without a certificate from the mesh's CA is
+refused at the handshake), and on SIGTERM/SIGINT reports NOT_SERVING, drains in-flight
+RPCs for the grace period and closes its resources.
 
 The handlers are built from the contract's service descriptor, not from the generated
 `add_*Servicer_to_server`, so that an RPC the service has not implemented yet answers
@@ -30,7 +31,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.framework import errors, logs, metrics, tracing
 from services.framework.config import ServiceConfig
 from services.framework.db import Database
-from services.framework.interceptors import RpcInterceptor, ValidationInterceptor
+from services.framework.interceptors import AllowlistInterceptor, RpcInterceptor, ValidationInterceptor
 
 log = logging.getLogger("interpay.server")
 
@@ -117,6 +118,7 @@ class ServiceApp:
             interceptors=[
                 aio_server_interceptor(),
                 RpcInterceptor(spec.name),
+                AllowlistInterceptor(spec, require_identity=self.config.tls is not None),
                 ValidationInterceptor(),
             ],
             options=[("grpc.so_reuseport", 0)],
@@ -134,7 +136,12 @@ class ServiceApp:
             server,
             pool=_ReflectionPool(),
         )
-        self.port = server.add_insecure_port(self.config.listen_address)
+        tls = self.config.tls
+        if tls is None:
+            log.warning("serving without TLS: INTERPAY_PLAINTEXT=1 is for development only")
+            self.port = server.add_insecure_port(self.config.listen_address)
+        else:
+            self.port = server.add_secure_port(self.config.listen_address, tls.server_credentials())
         await server.start()
         self.server = server
         for name in ("", spec.grpc_service):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GATEWAY = "gateway"  # the Envoy edge: the only caller of public RPCs from outside
+# Engineers (grpcurl) and the test suite; admitted only where an allowlist names it.
+OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
@@ -21,9 +23,10 @@ class ServiceSpec:
     grpc_service: str  # the full name of the gRPC service it serves
     proto_module: str  # the generated module declaring it
     peers: tuple[str, ...] = ()  # services it calls
-    # Internal RPC name -> the peer identities allowed to call it. Public RPCs (those
-    # with an HTTP rule) are open to the gateway and to every peer; enforcement with
-    # mTLS identities arrives with the security issue, the declaration is here now.
+    # Internal RPC name -> the mTLS identities allowed to call it, enforced by the
+    # framework (interceptors.AllowlistInterceptor): any other identity is refused with
+    # PERMISSION_DENIED. Public RPCs (those with an HTTP rule) are open to every holder
+    # of a mesh certificate. The Istio AuthorizationPolicies are to be generated from this.
     internal_callers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
@@ -104,8 +107,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "interpay.vault.v1.vault_service_pb2",
         internal_callers={
             "DetokenizeCard": ("orchestrator",),  # the card processor adapter lives there
-            "RotateDataKey": (),
-            "GetKeyStatus": (),
+            "RotateDataKey": (OPERATOR,),  # key administration: people, never a service
+            "GetKeyStatus": (OPERATOR,),
         },
     ),
     ServiceSpec(
@@ -149,6 +152,10 @@ class Profile:
     redis_port: int
     first_service_port: int
     first_metrics_port: int  # each service's Prometheus /metrics, by the same index
+    kafka_port: int  # the broker's client listener (INTERPAY_KAFKA_BOOTSTRAP)
+    kafka_controller_port: int  # the KRaft controller listener
+    cassandra_port: int  # CQL native protocol (INTERPAY_CASSANDRA_HOSTS/PORT)
+    cassandra_storage_port: int  # inter-node messaging; bound even by a single node
 
     def service_port(self, name: str) -> int:
         return self.first_service_port + BY_NAME[name].index
@@ -158,7 +165,9 @@ class Profile:
 
 
 PROFILES = {
-    "dev": Profile("dev", 8080, 9901, 55432, 56379, 50051, 9101),
-    "test": Profile("test", 18080, 19901, 55532, 56479, 51051, 19101),
-    "bench": Profile("bench", 28080, 29901, 55632, 56579, 52051, 29101),
+    "dev": Profile("dev", 8080, 9901, 55432, 56379, 50051, 9101, 59092, 59093, 59042, 59070),
+    "test": Profile("test", 18080, 19901, 55532, 56479, 51051, 19101, 59192, 59193, 59142, 59170),
+    "bench": Profile("bench", 28080, 29901, 55632, 56579, 52051, 29101, 59292, 59293, 59242, 59270),
+    # A fourth mesh for work on the mesh itself (certificates, the gateway) beside the others.
+    "work": Profile("work", 38080, 39901, 55732, 56679, 53051, 39101, 59392, 59393, 59342, 59370),
 }

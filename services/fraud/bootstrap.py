@@ -27,7 +27,7 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         timeout_seconds=integer("INTERPAY_FRAUD_REDIS_TIMEOUT_MS", 250) / 1000,
         cooldown_seconds=integer("INTERPAY_FRAUD_REDIS_COOLDOWN_MS", 2000) / 1000,
     )
-    peers = Peers(config.peer_addresses, config.peer_deadline_seconds)
+    peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     profiles = RiskProfiles(peers, deadline_seconds=integer("INTERPAY_FRAUD_USERS_DEADLINE_MS", 300) / 1000)
     configuration = Configuration(db)
     checks = FraudChecks(db, configuration, counters, profiles)

@@ -32,7 +32,7 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     box = SecretBox.from_environment()  # before anything opens: a missing key stops start-up
     db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
     redis = Redis(config.redis_url)
-    peers = Peers(config.peer_addresses, config.peer_deadline_seconds)
+    peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     merchants = Merchants(db, SettlementWallets(peers.stub("wallet", WalletServiceStub)))
     api_keys = ApiKeys(
         db,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
+from interpay.orchestrator.v1.orchestrator_service_pb2_grpc import OrchestratorServiceStub
 
-from services.framework.config import ServiceConfig
+from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
 from services.framework.peers import Peers
+from services.framework.periodic import Periodic
 from services.framework.server import run
 from services.transfers.entrypoints.grpc_api import TransfersServicer
 from services.transfers.service_layer.transfers import Transfers
@@ -18,9 +19,19 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
-    peers = Peers(config.peer_addresses, config.peer_deadline_seconds)
-    transfers = Transfers(db, peers.stub("wallet", WalletServiceStub))
-    return TransfersServicer(transfers), [db, peers]
+    peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
+    transfers = Transfers(
+        db,
+        peers.stub("orchestrator", OrchestratorServiceStub),
+        saga_deadline_seconds=float(integer("INTERPAY_SAGA_DEADLINE_SECONDS", 30)),
+    )
+    stale_after = float(integer("INTERPAY_TRANSFER_RESUME_AFTER_SECONDS", 60))
+    resume = Periodic(
+        "resume-pending-sagas",
+        float(integer("INTERPAY_TRANSFER_RESUME_INTERVAL_SECONDS", 30)),
+        lambda: transfers.resume_pending(stale_after),
+    )
+    return TransfersServicer(transfers), [db, peers, resume]
 
 
 def main() -> None:

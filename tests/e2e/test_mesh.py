@@ -18,7 +18,7 @@ from interpay.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
 
 from services.framework.topology import SERVICES
 from tests.conftest import ROOT
-from tests.helpers import http_details, rpc_details
+from tests.helpers import grpcurl_tls, http_details, rpc_details
 
 GRPCURL = str(ROOT / ".venv" / "bin" / "grpcurl")
 
@@ -34,7 +34,7 @@ def test_every_service_is_serving(spec, channel) -> None:  # type: ignore[no-unt
 @pytest.mark.parametrize("spec", SERVICES, ids=lambda s: s.name)
 def test_reflection_lists_the_service_health_and_reflection(spec, profile) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run(
-        [GRPCURL, "-plaintext", f"127.0.0.1:{profile.service_port(spec.name)}", "list"],
+        [GRPCURL, *grpcurl_tls(profile), f"127.0.0.1:{profile.service_port(spec.name)}", "list"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -48,7 +48,7 @@ def test_grpcurl_describes_a_method_from_reflection(profile) -> None:  # type: i
     done = subprocess.run(
         [
             GRPCURL,
-            "-plaintext",
+            *grpcurl_tls(profile),
             f"127.0.0.1:{profile.service_port('wallet')}",
             "describe",
             "interpay.wallet.v1.WalletService.TransferFunds",

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from tests.conftest import ROOT
+from tests.helpers import grpcurl_tls
 
 GRPCURL = str(ROOT / ".venv" / "bin" / "grpcurl")
 
@@ -19,7 +20,7 @@ def grpcurl(
     return subprocess.run(
         [
             GRPCURL,
-            "-plaintext",
+            *grpcurl_tls(profile),
             "-format-error",
             "-d",
             json.dumps(body),

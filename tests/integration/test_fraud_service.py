@@ -47,8 +47,8 @@ TEST_COUNTRY = "AQ"
 
 
 @pytest.fixture(scope="module")
-def fraud(channel: Callable[[str], grpc.Channel]) -> FraudServiceStub:
-    return FraudServiceStub(channel("fraud"))
+def fraud(channel: Callable[..., grpc.Channel]) -> FraudServiceStub:
+    return FraudServiceStub(channel("fraud", "orchestrator"))  # CheckTransaction is its internal RPC
 
 
 def ts(at: datetime) -> Timestamp:

@@ -17,7 +17,7 @@ from interpay.wallet.v1 import wallet_service_pb2 as pb
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from tests.conftest import database_url
-from tests.helpers import rpc_details
+from tests.helpers import rpc_details, service_aio_channel
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_a_service_role_reaches_only_its_own_database(profile, mesh_secrets, oth
 async def test_money_is_conserved_under_concurrent_transfers_into_a_hot_wallet(profile, wallet_db) -> None:  # type: ignore[no-untyped-def]
     currency = "CHF"
     rng = random.Random(7)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{profile.service_port('wallet')}") as ch:
+    async with service_aio_channel(profile, "wallet", "orchestrator") as ch:  # TransferFunds is internal
         stub = WalletServiceStub(ch)
 
         async def open_wallet(owner_type: int) -> str:

@@ -42,8 +42,9 @@ ALL_SCOPES = [
 
 
 @pytest.fixture(scope="module")
-def merchants(channel: Callable[[str], grpc.Channel]) -> MerchantsServiceStub:
-    return MerchantsServiceStub(channel("merchants"))
+def merchants(channel: Callable[..., grpc.Channel]) -> MerchantsServiceStub:
+    # As the payments service: the only identity the allowlist admits to both internal RPCs.
+    return MerchantsServiceStub(channel("merchants", "payments"))
 
 
 @pytest.fixture(scope="module")

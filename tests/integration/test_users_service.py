@@ -38,8 +38,14 @@ Doc = pb.KycDocument
 
 
 @pytest.fixture(scope="module")
-def users(channel: Callable[[str], grpc.Channel]) -> UserServiceStub:
+def users(channel: Callable[..., grpc.Channel]) -> UserServiceStub:
     return UserServiceStub(channel("users"))
+
+
+@pytest.fixture(scope="module")
+def users_as_fraud(channel: Callable[..., grpc.Channel]) -> UserServiceStub:
+    """GetUserRiskProfile is internal: the fraud service is one of its two callers."""
+    return UserServiceStub(channel("users", "fraud"))
 
 
 @pytest.fixture(scope="module")
@@ -447,7 +453,9 @@ def review(
     )
 
 
-def test_kyc_documents_raise_the_level_and_the_limits(users: UserServiceStub) -> None:
+def test_kyc_documents_raise_the_level_and_the_limits(
+    users: UserServiceStub, users_as_fraud: UserServiceStub
+) -> None:
     user = register(users)
     status = users.GetKycStatus(pb.GetKycStatusRequest(user_id=user.user_id)).kyc_status
     assert (status.kyc_level, status.review_pending) == (0, False)
@@ -487,7 +495,7 @@ def test_kyc_documents_raise_the_level_and_the_limits(users: UserServiceStub) ->
     level2_eur = next(lim for lim in status.limits if lim.per_transaction.currency == "EUR")
     assert level2_eur.per_transaction.amount_minor > level0_eur.per_transaction.amount_minor
     assert users.GetUser(pb.GetUserRequest(user_id=user.user_id)).user.kyc_level == 2
-    risk = users.GetUserRiskProfile(pb.GetUserRiskProfileRequest(user_id=user.user_id)).risk_profile
+    risk = users_as_fraud.GetUserRiskProfile(pb.GetUserRiskProfileRequest(user_id=user.user_id)).risk_profile
     assert (risk.kyc_level, risk.state, risk.country_code, risk.email_domain, risk.account_age_days) == (
         2,
         pb.User.STATE_ACTIVE,
@@ -572,7 +580,7 @@ def test_the_export_holds_the_personal_data_and_no_secret(users: UserServiceStub
 
 
 def test_erasure_anonymises_every_personal_field_and_keeps_the_id(
-    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]]
+    users: UserServiceStub, users_as_fraud: UserServiceStub, db: psycopg.Connection[dict[str, Any]]
 ) -> None:
     source = new_source()
     user = register(users, source, display_name="Erin Erasable")
@@ -622,7 +630,7 @@ def test_erasure_anonymises_every_personal_field_and_keeps_the_id(
     assert all(r["redacted_at"] is not None for r in trail[:-1])
     assert "user.registered" in [r["action"] for r in trail]
 
-    risk = users.GetUserRiskProfile(pb.GetUserRiskProfileRequest(user_id=user.user_id)).risk_profile
+    risk = users_as_fraud.GetUserRiskProfile(pb.GetUserRiskProfileRequest(user_id=user.user_id)).risk_profile
     assert (risk.state, risk.email_domain, risk.country_code) == (pb.User.STATE_ERASED, "", "")
     refused(lambda: login(users, user.email, source), grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
     refused(

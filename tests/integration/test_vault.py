@@ -23,6 +23,7 @@ from interpay.vault.v1 import vault_service_pb2 as pb
 from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
 
 from services.framework.db import Database
+from services.framework.identity import plaintext
 from services.vault.adapters.crypto import KeyEncryptionKey
 from services.vault.service_layer.keyring import KeyRing
 from services.vault.service_layer.vault import Vault
@@ -71,8 +72,15 @@ def break_luhn(pan: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def vault(channel: Callable[[str], grpc.Channel]) -> VaultServiceStub:
-    return VaultServiceStub(channel("vault"))
+def vault(channel: Callable[..., grpc.Channel]) -> VaultServiceStub:
+    return VaultServiceStub(channel("vault"))  # as an operator: key administration is theirs
+
+
+@pytest.fixture(scope="module")
+def card_processor(channel: Callable[..., grpc.Channel]) -> VaultServiceStub:
+    """The vault as the orchestrator (where the card processor adapter lives) calls it: the
+    only identity DetokenizeCard admits."""
+    return VaultServiceStub(channel("vault", "orchestrator"))
 
 
 @pytest.fixture
@@ -180,7 +188,7 @@ def assert_stored_nowhere(conn: psycopg.Connection[Any], profile_name: str, pans
 
 @pytest.mark.parametrize(("pan", "brand"), BRAND_TEST_CARDS)
 def test_each_brand_tokenizes_to_its_details_and_detokenizes_back(
-    vault: VaultServiceStub, pan, brand
+    vault: VaultServiceStub, card_processor: VaultServiceStub, pan, brand
 ) -> None:  # type: ignore[no-untyped-def]
     card = tokenize(vault, pan, month=7, year=NEXT_YEAR, name="Grace Hopper")
     uuid.UUID(card.token)
@@ -196,7 +204,7 @@ def test_each_brand_tokenizes_to_its_details_and_detokenizes_back(
         pan.encode() not in vault.GetCard(pb.GetCardRequest(token=card.token), timeout=10).SerializeToString()
     )
 
-    clear = detokenize(vault, card.token)
+    clear = detokenize(card_processor, card.token)
     assert clear.pan == pan
     assert (clear.expiry_month, clear.expiry_year) == (7, NEXT_YEAR)
     assert clear.cardholder_name == "Grace Hopper"
@@ -288,7 +296,7 @@ def test_the_same_idempotency_key_replays_the_token_and_refuses_another_card(  #
     assert count == (1,)
 
 
-def test_a_deleted_card_is_shredded_and_gone(vault: VaultServiceStub, vault_db) -> None:  # type: ignore[no-untyped-def]
+def test_a_deleted_card_is_shredded_and_gone(vault: VaultServiceStub, card_processor, vault_db) -> None:  # type: ignore[no-untyped-def]
     card = tokenize(vault, fresh_pan())
     vault.DeleteCard(pb.DeleteCardRequest(token=card.token), timeout=10)
     refusal(
@@ -296,7 +304,7 @@ def test_a_deleted_card_is_shredded_and_gone(vault: VaultServiceStub, vault_db) 
         grpc.StatusCode.NOT_FOUND,
         "CARD_NOT_FOUND",
     )
-    refusal(lambda: detokenize(vault, card.token), grpc.StatusCode.NOT_FOUND, "CARD_NOT_FOUND")
+    refusal(lambda: detokenize(card_processor, card.token), grpc.StatusCode.NOT_FOUND, "CARD_NOT_FOUND")
     version, ciphertext, deleted_at = card_row(vault_db, card.token)  # type: ignore[misc]
     assert (version, ciphertext) == (None, None) and deleted_at is not None
     vault.DeleteCard(pb.DeleteCardRequest(token=card.token), timeout=10)  # deleting again succeeds
@@ -321,24 +329,27 @@ def test_an_unknown_token_is_not_found_and_a_malformed_one_invalid(vault: VaultS
     assert [v.field for v in rpc_details(err)[1]] == ["token"]
 
 
-def test_detokenization_is_audited_with_the_caller_and_the_payment(vault: VaultServiceStub, vault_db) -> None:  # type: ignore[no-untyped-def]
+def test_detokenization_is_audited_with_the_caller_and_the_payment(
+    vault: VaultServiceStub, card_processor, vault_db
+) -> None:  # type: ignore[no-untyped-def]
     card, payment_id = tokenize(vault, fresh_pan()), str(uuid.uuid4())
-    detokenize(vault, card.token, payment_id)
+    detokenize(card_processor, card.token, payment_id)
     row = vault_db.execute(
         "SELECT caller, payment_id::text FROM audit_log WHERE action = 'CARD_DETOKENIZED' AND token = %s",
         (card.token,),
     ).fetchone()
     assert row is not None
     caller, audited_payment = row
-    # No mTLS identity on the local mesh yet: admitted, and audited as unverified.
-    assert caller.startswith("unverified:") and audited_payment == payment_id
+    # The identity in the caller's mTLS certificate (unverified:<address> only in plaintext).
+    expected = "unverified:ipv4:127.0.0.1:" if plaintext() else "orchestrator"
+    assert caller.startswith(expected) and audited_payment == payment_id
 
 
 # -- data key rotation -------------------------------------------------------------------
 
 
 def test_rotation_keeps_old_cards_readable_and_the_sweep_reencrypts_them(  # type: ignore[no-untyped-def]
-    vault: VaultServiceStub, vault_db, profile
+    vault: VaultServiceStub, card_processor, vault_db, profile
 ) -> None:
     old_pan, swept_pan, new_pan = fresh_pan(), fresh_pan("5", 16), fresh_pan()
     old_card, swept_card = tokenize(vault, old_pan), tokenize(vault, swept_pan)
@@ -375,7 +386,7 @@ def test_rotation_keeps_old_cards_readable_and_the_sweep_reencrypts_them(  # typ
     # New cards use the new version; an old card still detokenises (and moves to it).
     new_card = tokenize(vault, new_pan)
     assert card_row(vault_db, new_card.token)[0] == active + 1  # type: ignore[index]
-    assert detokenize(vault, old_card.token).pan == old_pan
+    assert detokenize(card_processor, old_card.token).pan == old_pan
     assert card_row(vault_db, old_card.token)[0] == active + 1  # type: ignore[index]
 
     # The card nobody detokenised is re-encrypted by the background sweep.
@@ -389,13 +400,13 @@ def test_rotation_keeps_old_cards_readable_and_the_sweep_reencrypts_them(  # typ
     versions = {k.version: k for k in status.data_keys}
     assert versions[active].state == pb.DataKey.STATE_DECRYPT_ONLY
     assert versions[active].retire_time.seconds > 0 and versions[active].card_count == 0
-    assert detokenize(vault, swept_card.token).pan == swept_pan
+    assert detokenize(card_processor, swept_card.token).pan == swept_pan
     assert vault.GetCard(pb.GetCardRequest(token=swept_card.token), timeout=10).card == swept_card
     assert_stored_nowhere(vault_db, profile.name, [old_pan, swept_pan, new_pan])
 
 
 async def test_a_drained_data_key_is_retired_and_its_material_erased(  # type: ignore[no-untyped-def]
-    vault: VaultServiceStub, vault_db, profile, mesh_secrets
+    vault: VaultServiceStub, card_processor, vault_db, profile, mesh_secrets
 ) -> None:
     pan = fresh_pan()
     card = tokenize(vault, pan)
@@ -429,13 +440,15 @@ async def test_a_drained_data_key_is_retired_and_its_material_erased(  # type: i
     assert audited == (1,)
     status = vault.GetKeyStatus(pb.GetKeyStatusRequest(), timeout=10)
     assert active not in [k.version for k in status.data_keys]  # only versions whose material is stored
-    assert detokenize(vault, card.token).pan == pan
+    assert detokenize(card_processor, card.token).pan == pan
 
 
 # -- no card number anywhere ---------------------------------------------------------------
 
 
-def test_no_card_number_reaches_the_database_or_any_log(vault: VaultServiceStub, vault_db, profile) -> None:  # type: ignore[no-untyped-def]
+def test_no_card_number_reaches_the_database_or_any_log(
+    vault: VaultServiceStub, card_processor, vault_db, profile
+) -> None:  # type: ignore[no-untyped-def]
     pans = [fresh_pan(), fresh_pan("37", 15), fresh_pan("6011", 16)]
     bad = break_luhn(fresh_pan())
     expired = fresh_pan()
@@ -450,7 +463,7 @@ def test_no_card_number_reaches_the_database_or_any_log(vault: VaultServiceStub,
             "IDEMPOTENCY_MISMATCH",
         )
         vault.GetCard(pb.GetCardRequest(token=card.token), timeout=10)
-        assert detokenize(vault, card.token).pan == pan
+        assert detokenize(card_processor, card.token).pan == pan
         tokens.append(card.token)
     refusal(lambda: tokenize(vault, bad), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CARD_NUMBER")
     refusal(

@@ -17,14 +17,14 @@ from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
-from tests.helpers import rpc_details
+from tests.helpers import rpc_details, service_aio_channel
 
 CUR = "SEK"
 
 
 @pytest.fixture
 async def wallet(profile) -> AsyncIterator[WalletServiceStub]:  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{profile.service_port('wallet')}") as ch:
+    async with service_aio_channel(profile, "wallet", "orchestrator") as ch:  # holds are internal
         yield WalletServiceStub(ch)
 
 

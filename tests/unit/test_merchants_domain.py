@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from services.framework.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from services.framework.identity import Caller, admit, identify
 from services.framework.topology import BY_NAME
 from services.merchants.domain.credentials import hash_secret, new_public_id, new_secret, secret_matches
 from services.merchants.domain.model import (
@@ -28,7 +29,6 @@ from services.merchants.domain.model import (
     needs_transition,
     plan_rotation,
 )
-from services.merchants.entrypoints.callers import authorize
 from services.merchants.service_layer import pages
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -177,12 +177,21 @@ class _Context:
         return "ipv4:127.0.0.1:40000"
 
 
-def test_the_internal_rpcs_admit_the_allowlist_and_unverified_callers_only() -> None:
+def authorize(context: _Context, rpc: str, require_identity: bool = True) -> Caller:
+    caller = identify(context)
+    admit(caller, rpc, BY_NAME["merchants"].internal_callers[rpc], require_identity)
+    return caller
+
+
+def test_the_internal_rpcs_admit_the_allowlist_only() -> None:
     for rpc, allowed in BY_NAME["merchants"].internal_callers.items():
         for caller in allowed:
             identity = f"spiffe://interpay.local/ns/interpay/sa/{caller}".encode()
             assert str(authorize(_Context(identity), rpc)) == caller
-        assert str(authorize(_Context(None), rpc)) == "unverified:ipv4:127.0.0.1:40000"
         assert "users" not in allowed
         with pytest.raises(PermissionDenied):
             authorize(_Context(b"users.interpay.svc"), rpc)
+        with pytest.raises(Unauthenticated):
+            authorize(_Context(None), rpc)
+        plaintext = authorize(_Context(None), rpc, require_identity=False)  # development only
+        assert str(plaintext) == "unverified:ipv4:127.0.0.1:40000"

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.framework.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from services.framework.topology import BY_NAME
+from services.framework.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from services.framework.identity import Caller, admit, identify
+from services.framework.topology import BY_NAME, OPERATOR
 from services.vault.adapters.crypto import (
     CiphertextTampered,
     KeyEncryptionKey,
@@ -24,7 +25,6 @@ from services.vault.adapters.crypto import (
 from services.vault.adapters.log_redaction import MASK, PanRedactingFilter, redact
 from services.vault.domain.card import CardBrand, CardSecret, check_not_expired, check_pan, luhn_valid
 from services.vault.domain.keys import check_rotation
-from services.vault.entrypoints.callers import authorize
 
 
 @pytest.mark.parametrize(
@@ -161,15 +161,32 @@ class _Context:
         return "ipv4:127.0.0.1:40000"
 
 
-def test_detokenize_admits_the_allowlist_and_unverified_callers_only() -> None:
+def authorize(context: _Context, rpc: str, require_identity: bool = True) -> Caller:
+    caller = identify(context)
+    admit(caller, rpc, BY_NAME["vault"].internal_callers[rpc], require_identity)
+    return caller
+
+
+def test_detokenize_admits_the_allowlist_only() -> None:
     allowed = BY_NAME["vault"].internal_callers["DetokenizeCard"]
     adapter = _Context(f"spiffe://interpay.local/ns/interpay/sa/{allowed[0]}".encode())
-    assert str(authorize(adapter, "vault", "DetokenizeCard")) == allowed[0]
-    # No mTLS on the local mesh yet: admitted, and named so the audit log shows it.
-    assert str(authorize(_Context(None), "vault", "DetokenizeCard")) == "unverified:ipv4:127.0.0.1:40000"
-    for intruder in ("users", "gateway", "fraud"):
+    assert str(authorize(adapter, "DetokenizeCard")) == allowed[0]
+    for intruder in ("users", "gateway", "fraud", OPERATOR):
         assert intruder not in allowed
         with pytest.raises(PermissionDenied):
-            authorize(_Context(f"{intruder}.interpay.svc".encode()), "vault", "DetokenizeCard")
-    with pytest.raises(PermissionDenied):  # key administration: operators only, no service
-        authorize(adapter, "vault", "RotateDataKey")
+            authorize(_Context(f"{intruder}.interpay.svc".encode()), "DetokenizeCard")
+    with pytest.raises(Unauthenticated):  # under mTLS a caller without an identity is refused
+        authorize(_Context(None), "DetokenizeCard")
+    # Under the development switch INTERPAY_PLAINTEXT=1: admitted, and named so the audit
+    # log shows it.
+    unverified = authorize(_Context(None), "DetokenizeCard", require_identity=False)
+    assert str(unverified) == "unverified:ipv4:127.0.0.1:40000"
+
+
+def test_key_administration_is_for_operators_only() -> None:
+    operator = _Context(f"spiffe://interpay.local/ns/interpay/sa/{OPERATOR}".encode())
+    orchestrator = _Context(b"spiffe://interpay.local/ns/interpay/sa/orchestrator")
+    for rpc in ("RotateDataKey", "GetKeyStatus"):
+        assert str(authorize(operator, rpc)) == OPERATOR
+        with pytest.raises(PermissionDenied):
+            authorize(orchestrator, rpc)
