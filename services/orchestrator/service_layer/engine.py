@@ -27,6 +27,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 
+from services.framework import failpoints
 from services.framework.db import Database
 from services.framework.errors import FailedPrecondition, NotFound, error_info
 from services.orchestrator.adapters.repository import LeaseLost, SagaRecord, SagaRepository, StepRecord
@@ -210,8 +211,10 @@ class SagaEngine:
                 await self._move(saga, next_step=index + 1)
                 continue
             await self._step(saga, index, step.name, StepState.RUNNING, key, attempt=True)
+            failpoints.hit(f"saga.{saga.saga_type}.{step.name}.before")
             try:
                 result = await step.action(ctx)
+                failpoints.hit(f"saga.{saga.saga_type}.{step.name}.after")  # done, not yet recorded
             except Exception as exc:
                 failure = classify(exc)
                 await self._step(

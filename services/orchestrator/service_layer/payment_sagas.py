@@ -65,6 +65,10 @@ def _by_card(ctx: SagaContext) -> bool:
     return bool(ctx.input.card_token)
 
 
+def _declined(ctx: SagaContext) -> bool:
+    return bool(ctx.results.get("fraud", {}).get("decision") == "DECLINE")
+
+
 def _paid_by_card(ctx: SagaContext) -> bool:
     return bool(ctx.results["payment"].get("processor_reference"))
 
@@ -100,6 +104,7 @@ class PaymentSagas:
             (
                 Step("card", self._card, when=_by_card),
                 Step("fraud", self._check_fraud, when=lambda c: not c.input.review_approved),
+                Step("verdict", self._refuse_if_declined, when=_declined),
                 Step(
                     "review",
                     self._send_to_review,
@@ -202,8 +207,6 @@ class PaymentSagas:
         check = reply.fraud_check
         decision = fraud_pb.Decision.Name(check.decision).removeprefix("DECISION_")
         reasons = [rule.reason for rule in check.fired_rules]
-        if decision == "DECLINE":
-            raise BusinessFailure("FRAUD_DECLINED", "declined by the fraud rules: " + "; ".join(reasons))
         return {
             "decision": decision,
             "check_id": check.check_id,
@@ -211,6 +214,12 @@ class PaymentSagas:
             "reasons": reasons,
             "degraded": check.degraded,
         }
+
+    async def _refuse_if_declined(self, ctx: SagaContext) -> dict[str, Any]:
+        """A separate step, so that the check's verdict is recorded with the saga and the
+        failed payment carries it for the merchant to read."""
+        reasons = ctx.results["fraud"]["reasons"]
+        raise BusinessFailure("FRAUD_DECLINED", "declined by the fraud rules: " + "; ".join(reasons))
 
     def _assessment(self, ctx: SagaContext) -> payments_pb.FraudAssessment:
         fraud = ctx.results.get("fraud", {})
@@ -425,6 +434,7 @@ class PaymentSagas:
             Payment.STATE_FAILED,
             failure.message[:256] or failure.reason,
             failure_code=_FAILURE_CODES.get(failure.reason, payments_pb.FAILURE_CODE_INTERNAL),
+            fraud_assessment=self._assessment(ctx),
         )
 
     # -- capture / cancel / refund steps ----------------------------------------------------

@@ -151,6 +151,9 @@ class Payments:
                 payment = await repo.transition(
                     payment, State.PENDING, f"{payment_id}-pending", "handed to the payment saga"
                 )
+        if payment.state is not State.PENDING:
+            # The saga has finished with this payment: a retry replays without a peer call.
+            return await self._settled(payment_id, None)
         saga = await self._start_payment_saga(payment, review_approved=False, cvv=request.cvv)
         return await self._settled(payment_id, saga)
 
@@ -192,11 +195,11 @@ class Payments:
         )
         return reply.saga
 
-    async def _settled(self, payment_id: uuid.UUID, saga: saga_pb.Saga) -> Payment:
+    async def _settled(self, payment_id: uuid.UUID, saga: saga_pb.Saga | None) -> Payment:
         payment = await self.get(payment_id)
         if payment.state is State.FAILED:
             raise PaymentFailed(payment)
-        if saga.state not in _TERMINAL_SAGA:
+        if saga is not None and saga.state not in _TERMINAL_SAGA:
             raise RequestInProgress(
                 f"payment {payment_id} is still being processed; retry the same request shortly",
                 metadata={"payment_id": str(payment_id), "saga_id": saga.saga_id},
