@@ -1,5 +1,6 @@
 """One request, one trace: a W3C traceparent sent to the gateway reaches the transfers
-service and, through its peer call, the wallet service; both log under that trace id."""
+service, the orchestrator running the transfer's saga, and through the saga's peer call
+the wallet service; all of them log under that trace id."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def test_a_trace_follows_the_request_across_envoy_and_services(gateway: httpx.Cl
     assert reply.status_code == 200, reply.text
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not all(
-        _logged(profile, service, trace_id) for service in ("transfers", "wallet", "envoy")
+        _logged(profile, service, trace_id) for service in ("transfers", "orchestrator", "wallet", "envoy")
     ):
         time.sleep(0.2)
     assert _logged(profile, "transfers", trace_id), "transfers did not join the trace"
+    assert _logged(profile, "orchestrator", trace_id), "the saga did not join the trace"
     assert _logged(profile, "wallet", trace_id), "the peer call did not carry the trace"
     assert _logged(profile, "envoy", trace_id), "the gateway's access log lacks the traceparent"

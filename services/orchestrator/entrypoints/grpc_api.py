@@ -92,6 +92,20 @@ class OrchestratorServicer:
             saga=await self._start("REFUND", request.reference, request.input.refund_id, request.input)
         )
 
+    async def StartTransferSaga(
+        self, request: pb.StartTransferSagaRequest, context: Any
+    ) -> pb.StartTransferSagaResponse:
+        return pb.StartTransferSagaResponse(
+            saga=await self._start("TRANSFER", request.reference, request.input.transfer_id, request.input)
+        )
+
+    async def StartPayoutSaga(
+        self, request: pb.StartPayoutSagaRequest, context: Any
+    ) -> pb.StartPayoutSagaResponse:
+        return pb.StartPayoutSagaResponse(
+            saga=await self._start("PAYOUT", request.reference, request.input.payout_id, request.input)
+        )
+
     async def GetSaga(self, request: pb.GetSagaRequest, context: Any) -> pb.GetSagaResponse:
         return pb.GetSagaResponse(saga=saga_pb(*await self.engine.load(uuid.UUID(request.saga_id))))
 

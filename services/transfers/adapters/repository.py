@@ -1,4 +1,4 @@
-"""SQL for transfers."""
+"""SQL for transfers, payouts and the outcome references that make recording idempotent."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import uuid
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
-from services.transfers.domain.model import Transfer, TransferRequest
+from services.transfers.domain.model import Payout, PayoutRequest, Transfer, TransferRequest
 
-_COLUMNS = (
+_TRANSFER_COLUMNS = (
     "transfer_id, source_wallet_id, destination_wallet_id, amount, currency, description, "
-    "state, failure_code, failure_reason, failure_message, ledger_transaction_id, "
+    "state, failure_code, failure_reason, failure_message, failure_metadata, ledger_transaction_id, "
+    "created_at, updated_at"
+)
+_PAYOUT_COLUMNS = (
+    "payout_id, source_wallet_id, destination, amount, currency, state, failure_code, "
+    "failure_reason, failure_message, failure_metadata, rail_reference, ledger_transaction_id, "
     "created_at, updated_at"
 )
 
@@ -20,10 +26,24 @@ def _transfer(row: dict[str, Any]) -> Transfer:
     return Transfer(**row)
 
 
+def _payout(row: dict[str, Any]) -> Payout:
+    return Payout(**{**row, "destination": bytes(row["destination"])})
+
+
+def _page(before: tuple[str, str] | None, limit: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "bt": before[0] if before else None,
+        "bi": before[1] if before else None,
+        "limit": limit,
+        **extra,
+    }
+
+
 class TransferRepository:
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
 
+    # -- transfers ------------------------------------------------------------------------
     async def insert_or_get(self, request: TransferRequest) -> Transfer:
         await self.conn.execute(
             "INSERT INTO transfers (transfer_id, source_wallet_id, destination_wallet_id, amount, "
@@ -42,48 +62,156 @@ class TransferRepository:
         assert found is not None
         return found
 
-    async def get(self, transfer_id: uuid.UUID) -> Transfer | None:
+    async def get(self, transfer_id: uuid.UUID, *, lock: bool = False) -> Transfer | None:
         cur = await self.conn.execute(
-            f"SELECT {_COLUMNS} FROM transfers WHERE transfer_id = %s", (transfer_id,)
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (transfer_id,),
         )
         row = await cur.fetchone()
         return _transfer(row) if row else None
 
-    async def complete(self, transfer_id: uuid.UUID, ledger_transaction_id: uuid.UUID) -> Transfer:
+    async def settle_transfer(
+        self,
+        transfer_id: uuid.UUID,
+        state: str,
+        ledger_transaction_id: uuid.UUID | None,
+        failure_code: str | None,
+        failure_reason: str | None,
+    ) -> Transfer:
         cur = await self.conn.execute(
-            f"UPDATE transfers SET state = 'COMPLETED', ledger_transaction_id = %s, "
-            f"updated_at = now() WHERE transfer_id = %s RETURNING {_COLUMNS}",
-            (ledger_transaction_id, transfer_id),
-        )
-        return _transfer(await cur.fetchone())  # type: ignore[arg-type]
-
-    async def fail(self, transfer_id: uuid.UUID, code: str, reason: str, message: str) -> Transfer:
-        cur = await self.conn.execute(
-            f"UPDATE transfers SET state = 'FAILED', failure_code = %s, failure_reason = %s, "
-            f"failure_message = %s, updated_at = now() WHERE transfer_id = %s AND state = 'PENDING' "
-            f"RETURNING {_COLUMNS}",
-            (code, reason, message, transfer_id),
+            f"UPDATE transfers SET state = %s, ledger_transaction_id = %s, failure_code = %s, "
+            f"failure_reason = %s, updated_at = now() WHERE transfer_id = %s AND state = 'PENDING' "
+            f"RETURNING {_TRANSFER_COLUMNS}",
+            (state, ledger_transaction_id, failure_code, failure_reason, transfer_id),
         )
         row = await cur.fetchone()
-        if row is None:  # a concurrent attempt settled it first
-            found = await self.get(transfer_id)
-            assert found is not None
-            return found
+        assert row is not None, "the caller holds the transfer's lock and checked it is PENDING"
         return _transfer(row)
+
+    async def describe_transfer_failure(
+        self, transfer_id: uuid.UUID, message: str, metadata: dict[str, str]
+    ) -> Transfer | None:
+        """Keeps the details of a refusal, once (they never change)."""
+        cur = await self.conn.execute(
+            f"UPDATE transfers SET failure_message = %s, failure_metadata = %s "
+            f"WHERE transfer_id = %s AND state = 'FAILED' AND failure_message IS NULL "
+            f"RETURNING {_TRANSFER_COLUMNS}",
+            (message, Jsonb(metadata), transfer_id),
+        )
+        row = await cur.fetchone()
+        return _transfer(row) if row else None
 
     async def list_for_wallet(
         self, wallet_id: uuid.UUID | None, limit: int, before: tuple[str, str] | None
     ) -> list[Transfer]:
         cur = await self.conn.execute(
-            f"SELECT {_COLUMNS} FROM transfers "
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers "
             f"WHERE (%(w)s::uuid IS NULL OR source_wallet_id = %(w)s OR destination_wallet_id = %(w)s) "
             f"AND (%(bt)s::timestamptz IS NULL OR (created_at, transfer_id) < (%(bt)s, %(bi)s::uuid)) "
             f"ORDER BY created_at DESC, transfer_id DESC LIMIT %(limit)s",
-            {
-                "w": wallet_id,
-                "bt": before[0] if before else None,
-                "bi": before[1] if before else None,
-                "limit": limit,
-            },
+            _page(before, limit, w=wallet_id),
         )
         return [_transfer(r) for r in await cur.fetchall()]
+
+    # -- payouts --------------------------------------------------------------------------
+    async def insert_or_get_payout(self, request: PayoutRequest) -> Payout:
+        await self.conn.execute(
+            "INSERT INTO payouts (payout_id, source_wallet_id, destination, amount, currency) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (payout_id) DO NOTHING",
+            (
+                request.payout_id,
+                request.source_wallet_id,
+                request.destination,
+                request.amount,
+                request.currency,
+            ),
+        )
+        found = await self.get_payout(request.payout_id)
+        assert found is not None
+        return found
+
+    async def get_payout(self, payout_id: uuid.UUID, *, lock: bool = False) -> Payout | None:
+        cur = await self.conn.execute(
+            f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE payout_id = %s" + (" FOR UPDATE" if lock else ""),
+            (payout_id,),
+        )
+        row = await cur.fetchone()
+        return _payout(row) if row else None
+
+    async def move_payout(
+        self,
+        payout_id: uuid.UUID,
+        state: str,
+        rail_reference: str | None,
+        ledger_transaction_id: uuid.UUID | None,
+        failure_code: str | None,
+        failure_reason: str | None,
+    ) -> Payout:
+        cur = await self.conn.execute(
+            f"UPDATE payouts SET state = %s, rail_reference = coalesce(%s, rail_reference), "
+            f"ledger_transaction_id = coalesce(%s, ledger_transaction_id), failure_code = %s, "
+            f"failure_reason = %s, updated_at = now() WHERE payout_id = %s RETURNING {_PAYOUT_COLUMNS}",
+            (state, rail_reference, ledger_transaction_id, failure_code, failure_reason, payout_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return _payout(row)
+
+    async def describe_payout_failure(
+        self, payout_id: uuid.UUID, message: str, metadata: dict[str, str]
+    ) -> Payout | None:
+        cur = await self.conn.execute(
+            f"UPDATE payouts SET failure_message = %s, failure_metadata = %s "
+            f"WHERE payout_id = %s AND state = 'FAILED' AND failure_message IS NULL "
+            f"RETURNING {_PAYOUT_COLUMNS}",
+            (message, Jsonb(metadata), payout_id),
+        )
+        row = await cur.fetchone()
+        return _payout(row) if row else None
+
+    async def list_payouts(
+        self, wallet_id: uuid.UUID | None, limit: int, before: tuple[str, str] | None
+    ) -> list[Payout]:
+        cur = await self.conn.execute(
+            f"SELECT {_PAYOUT_COLUMNS} FROM payouts "
+            f"WHERE (%(w)s::uuid IS NULL OR source_wallet_id = %(w)s) "
+            f"AND (%(bt)s::timestamptz IS NULL OR (created_at, payout_id) < (%(bt)s, %(bi)s::uuid)) "
+            f"ORDER BY created_at DESC, payout_id DESC LIMIT %(limit)s",
+            _page(before, limit, w=wallet_id),
+        )
+        return [_payout(r) for r in await cur.fetchall()]
+
+    # -- resuming -------------------------------------------------------------------------
+    async def stale_transfers(self, older_than_seconds: float, limit: int) -> list[Transfer]:
+        cur = await self.conn.execute(
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE state = 'PENDING' "
+            f"AND updated_at < now() - %s * interval '1 second' ORDER BY updated_at LIMIT %s",
+            (older_than_seconds, limit),
+        )
+        return [_transfer(r) for r in await cur.fetchall()]
+
+    async def stale_payouts(self, older_than_seconds: float, limit: int) -> list[Payout]:
+        cur = await self.conn.execute(
+            f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE state = 'PENDING' "
+            f"AND updated_at < now() - %s * interval '1 second' ORDER BY updated_at LIMIT %s",
+            (older_than_seconds, limit),
+        )
+        return [_payout(r) for r in await cur.fetchall()]
+
+    # -- outcome references ---------------------------------------------------------------
+    async def recorded_outcome(self, reference: str) -> tuple[uuid.UUID, bytes] | None:
+        cur = await self.conn.execute(
+            "SELECT subject_id, request_hash FROM outcome_references WHERE reference = %s", (reference,)
+        )
+        row = await cur.fetchone()
+        return (row["subject_id"], bytes(row["request_hash"])) if row else None
+
+    async def record_outcome(self, reference: str, subject_id: uuid.UUID, request_hash: bytes) -> bool:
+        """False if the reference was taken meanwhile (by a call about another subject)."""
+        cur = await self.conn.execute(
+            "INSERT INTO outcome_references (reference, subject_id, request_hash) VALUES (%s, %s, %s) "
+            "ON CONFLICT (reference) DO NOTHING RETURNING reference",
+            (reference, subject_id, request_hash),
+        )
+        return await cur.fetchone() is not None

@@ -9,8 +9,8 @@ from interpay.common.v1.money_pb2 import Money
 from interpay.transfers.v1 import transfers_service_pb2 as pb
 
 from services.framework.proto import timestamp
-from services.transfers.domain.model import Transfer, TransferRequest
-from services.transfers.service_layer.transfers import Transfers
+from services.transfers.domain.model import Payout, PayoutRequest, Transfer, TransferRequest
+from services.transfers.service_layer.transfers import Transfers, request_hash
 
 
 def transfer_pb(t: Transfer) -> pb.Transfer:
@@ -26,6 +26,25 @@ def transfer_pb(t: Transfer) -> pb.Transfer:
         create_time=timestamp(t.created_at),
         update_time=timestamp(t.updated_at),
     )
+
+
+def payout_pb(p: Payout) -> pb.Payout:
+    return pb.Payout(
+        payout_id=str(p.payout_id),
+        source_wallet_id=str(p.source_wallet_id),
+        destination=pb.ExternalAccount.FromString(p.destination),
+        amount=Money(amount_minor=p.amount, currency=p.currency),
+        state=pb.Payout.State.Value(f"STATE_{p.state}"),
+        failure_reason=p.failure_reason or "",
+        rail_reference=p.rail_reference or "",
+        ledger_transaction_id=str(p.ledger_transaction_id or ""),
+        create_time=timestamp(p.created_at),
+        update_time=timestamp(p.updated_at),
+    )
+
+
+def _optional_uuid(value: str) -> uuid.UUID | None:
+    return uuid.UUID(value) if value else None
 
 
 class TransfersServicer:
@@ -52,6 +71,54 @@ class TransfersServicer:
         return pb.GetTransferResponse(transfer=transfer_pb(transfer))
 
     async def ListTransfers(self, request: pb.ListTransfersRequest, context: Any) -> pb.ListTransfersResponse:
-        wallet_id = uuid.UUID(request.wallet_id) if request.wallet_id else None
+        wallet_id = _optional_uuid(request.wallet_id)
         rows, token = await self.transfers.list_transfers(wallet_id, request.page_size, request.page_token)
         return pb.ListTransfersResponse(transfers=[transfer_pb(t) for t in rows], next_page_token=token)
+
+    async def CreatePayout(self, request: pb.CreatePayoutRequest, context: Any) -> pb.CreatePayoutResponse:
+        payout = await self.transfers.create_payout(
+            PayoutRequest(
+                payout_id=uuid.UUID(request.payout_id),
+                source_wallet_id=uuid.UUID(request.source_wallet_id),
+                destination=request.destination.SerializeToString(deterministic=True),
+                amount=request.amount.amount_minor,
+                currency=request.amount.currency,
+            )
+        )
+        return pb.CreatePayoutResponse(payout=payout_pb(payout))
+
+    async def GetPayout(self, request: pb.GetPayoutRequest, context: Any) -> pb.GetPayoutResponse:
+        payout = await self.transfers.get_payout(uuid.UUID(request.payout_id))
+        return pb.GetPayoutResponse(payout=payout_pb(payout))
+
+    async def ListPayouts(self, request: pb.ListPayoutsRequest, context: Any) -> pb.ListPayoutsResponse:
+        wallet_id = _optional_uuid(request.wallet_id)
+        rows, token = await self.transfers.list_payouts(wallet_id, request.page_size, request.page_token)
+        return pb.ListPayoutsResponse(payouts=[payout_pb(p) for p in rows], next_page_token=token)
+
+    async def RecordTransferOutcome(
+        self, request: pb.RecordTransferOutcomeRequest, context: Any
+    ) -> pb.RecordTransferOutcomeResponse:
+        transfer = await self.transfers.record_transfer_outcome(
+            uuid.UUID(request.transfer_id),
+            pb.Transfer.State.Name(request.state).removeprefix("STATE_"),
+            request.reference,
+            _optional_uuid(request.ledger_transaction_id),
+            request.failure_reason,
+            request_hash(request),
+        )
+        return pb.RecordTransferOutcomeResponse(transfer=transfer_pb(transfer))
+
+    async def RecordPayoutOutcome(
+        self, request: pb.RecordPayoutOutcomeRequest, context: Any
+    ) -> pb.RecordPayoutOutcomeResponse:
+        payout = await self.transfers.record_payout_outcome(
+            uuid.UUID(request.payout_id),
+            pb.Payout.State.Name(request.state).removeprefix("STATE_"),
+            request.reference,
+            request.rail_reference,
+            _optional_uuid(request.ledger_transaction_id),
+            request.failure_reason,
+            request_hash(request),
+        )
+        return pb.RecordPayoutOutcomeResponse(payout=payout_pb(payout))
