@@ -9,6 +9,7 @@ from interpay.vault.v1.vault_service_pb2_grpc import VaultServiceStub
 
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -30,7 +31,10 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         float(integer("INTERPAY_PAYMENT_EXPIRY_INTERVAL_SECONDS", 30)),
         lambda: payments.expire(review_timeout),
     )
-    return PaymentServicer(payments), [db, peers, expiry]
+    # Every payment transition and refund outcome writes its event to the outbox in its
+    # own transaction; the relay publishes them to Kafka (services/payments/adapters/events.py).
+    relay = Relay(db, "payments")
+    return PaymentServicer(payments), [db, peers, expiry, relay]
 
 
 def main() -> None:

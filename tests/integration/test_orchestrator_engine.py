@@ -204,3 +204,27 @@ async def test_a_stalled_runner_that_lost_its_lease_stops(db: Database) -> None:
     assert saga.state is SagaState.COMPLETED
     assert ledger.log.count("three") == 1  # A found its lease gone and took no further step
     assert sorted(set(ledger.effects.values())) == ["one", "three", "two"]
+
+
+async def test_a_refusal_past_the_pivot_is_retried_and_never_compensated(db: Database) -> None:
+    ledger, saga_type = Ledger(), f"TEST_{uuid.uuid4().hex[:8]}"
+    ledger.refuse.add("three")  # refused after money moved for good
+    steps = (
+        Step("one", ledger.step("one"), compensate=ledger.undo("one")),
+        Step("two", ledger.step("two"), compensate=ledger.undo("two")),
+        Step("three", ledger.step("three"), forward_only=True),
+    )
+    engine = SagaEngine(db, {saga_type: SagaDefinition(saga_type, pb.TransferSagaInput, steps)})
+    saga_id = await engine.start(saga_type, f"ref-{uuid.uuid4()}", uuid.uuid4(), _input())
+    saga, records = await engine.load(saga_id)
+    assert saga.state is SagaState.RUNNING and saga.failure_code == ""  # waiting to retry, not undoing
+    assert records[2].state is StepState.RUNNING and "refused past the pivot" in (records[2].last_error)
+    assert "undo-one" not in ledger.log and "undo-two" not in ledger.log
+    ledger.refuse.discard("three")  # the cause is fixed: the retry goes through
+    for _ in range(50):
+        await engine.recover()
+        if (await engine.load(saga_id))[0].state.terminal:
+            break
+        await asyncio.sleep(0.1)
+    assert (await engine.load(saga_id))[0].state is SagaState.COMPLETED
+    assert ledger.log == ["one", "two", "three"]

@@ -28,6 +28,7 @@ from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 from services.framework.db import Database
 from services.orchestrator.adapters.payout_rail import SimulatedPayoutRail
 from services.orchestrator.domain.saga import BusinessFailure, SagaContext, TransientFailure
+from services.orchestrator.service_layer.engine import classify
 from services.orchestrator.service_layer.transfer_sagas import TransferSagas
 from tests.conftest import database_url
 from tests.e2e.test_slice_http import fund, open_wallet
@@ -266,7 +267,11 @@ async def test_a_refusal_past_the_pivot_is_retried_never_compensated(
     ctx = context(saga_input)
     ctx.results["transfer"] = {"transaction_id": str(uuid.uuid4())}
     recorded = next(s for s in sagas(peers).definitions()["TRANSFER"].steps if s.name == "recorded")
-    # The transfers service refuses (INVALID_STATE), but the money has moved: the step
-    # must be retried, not failed, or the engine would compensate and record FAILED.
-    with pytest.raises(TransientFailure, match="INVALID_STATE"):
+    # The transfers service refuses (INVALID_STATE), but the money has moved: the step is
+    # declared past the pivot, so the engine retries it instead of compensating (the engine
+    # side is tested in test_orchestrator_engine.py).
+    assert recorded.forward_only
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await recorded.action(ctx)
+    failure = classify(refused.value)
+    assert isinstance(failure, BusinessFailure) and failure.reason == "INVALID_STATE"

@@ -217,6 +217,15 @@ class SagaEngine:
                 failpoints.hit(f"saga.{saga.saga_type}.{step.name}.after")  # done, not yet recorded
             except Exception as exc:
                 failure = classify(exc)
+                if isinstance(failure, BusinessFailure) and step.forward_only:
+                    # Past the pivot money has moved for good: a refusal must not undo the
+                    # saga. The step is retried with backoff until its cause is fixed, and
+                    # its last error tells the operator what that cause is.
+                    log.error(
+                        "saga step refused past the pivot; retrying, never compensating",
+                        extra={"saga_id": str(saga.saga_id), "step": step.name, "error": str(failure)},
+                    )
+                    failure = TransientFailure(f"refused past the pivot: {failure.reason}: {failure.message}")
                 await self._step(
                     saga,
                     index,

@@ -51,7 +51,6 @@ from services.orchestrator.adapters.payout_rail import (
     SimulatedPayoutRail,
 )
 from services.orchestrator.domain.saga import (
-    Action,
     BusinessFailure,
     SagaContext,
     SagaDefinition,
@@ -70,25 +69,6 @@ def _timestamp(value: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
-
-
-def past_the_pivot(action: Action) -> Action:
-    """A step past the pivot: money has moved for good, so a refusal must not compensate.
-    It is retried with backoff (the step's last error says why) until its cause is fixed,
-    which is what `Step.forward_only` promises, enforced here by the step itself."""
-
-    async def step(ctx: SagaContext) -> dict[str, Any]:
-        try:
-            return await action(ctx)
-        except Exception as exc:
-            failure = classify(exc)
-            if isinstance(failure, BusinessFailure):
-                raise TransientFailure(
-                    f"refused past the pivot, retried until fixed: {failure.reason}: {failure.message}"
-                ) from exc
-            raise
-
-    return step
 
 
 def ledger_reference(transfer_id: str) -> str:
@@ -134,7 +114,7 @@ class TransferSagas:
                 Step("parties", self._transfer_parties),
                 Step("fraud", self._check_transfer),
                 Step("transfer", self._move_funds),
-                Step("recorded", past_the_pivot(self._record_transfer_completed), forward_only=True),
+                Step("recorded", self._record_transfer_completed, forward_only=True),
             ),
             on_failure=self._record_transfer_failed,
         )
@@ -146,10 +126,10 @@ class TransferSagas:
                 Step("fraud", self._check_payout),
                 Step("hold", self._hold_funds, compensate=self._release_funds),
                 Step("rail", self._send_to_rail),
-                Step("capture", past_the_pivot(self._capture_to_clearing), forward_only=True),
-                Step("processing", past_the_pivot(self._record_payout_processing), forward_only=True),
-                Step("settlement", past_the_pivot(self._await_settlement), forward_only=True),
-                Step("completed", past_the_pivot(self._record_payout_completed), forward_only=True),
+                Step("capture", self._capture_to_clearing, forward_only=True),
+                Step("processing", self._record_payout_processing, forward_only=True),
+                Step("settlement", self._await_settlement, forward_only=True),
+                Step("completed", self._record_payout_completed, forward_only=True),
             ),
             on_failure=self._record_payout_failed,
         )

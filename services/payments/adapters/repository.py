@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from services.payments.adapters.events import OUTBOX, payment_event, refund_event
 from services.payments.domain.model import Payment, Refund, State
 
 _PAYMENT_COLUMNS = (
@@ -43,10 +44,13 @@ class PaymentRepository:
         columns = ", ".join(p)
         cur = await self.conn.execute(
             f"INSERT INTO payments ({columns}) VALUES ({', '.join(['%s'] * len(p))}) "
-            f"ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+            f"ON CONFLICT (payment_id) DO NOTHING RETURNING {_PAYMENT_COLUMNS}",
             list(p.values()),
         )
-        return await cur.fetchone() is not None
+        row = await cur.fetchone()
+        if row is not None:
+            await OUTBOX.add(self.conn, [payment_event(_payment(row))])  # PaymentCreated
+        return row is not None
 
     async def get(self, payment_id: uuid.UUID, *, lock: bool = False) -> Payment | None:
         cur = await self.conn.execute(
@@ -98,7 +102,9 @@ class PaymentRepository:
                 reference,
             ),
         )
-        return _payment(row)
+        after = _payment(row)
+        await OUTBOX.add(self.conn, [payment_event(after)])  # the new version's event, same transaction
+        return after
 
     async def history(self, payment_id: uuid.UUID) -> list[dict[str, Any]]:
         cur = await self.conn.execute(
@@ -158,10 +164,13 @@ class PaymentRepository:
     ) -> bool:
         cur = await self.conn.execute(
             "INSERT INTO refunds (refund_id, payment_id, amount, currency, reason, request_hash) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (refund_id) DO NOTHING RETURNING refund_id",
+            f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (refund_id) DO NOTHING RETURNING {_REFUND_COLUMNS}",
             (refund_id, payment.payment_id, amount, payment.currency, reason, request_hash),
         )
-        return await cur.fetchone() is not None
+        row = await cur.fetchone()
+        if row is not None:
+            await OUTBOX.add(self.conn, [refund_event(Refund(**row))])  # RefundCreated
+        return row is not None
 
     async def refunds_outstanding(self, payment_id: uuid.UUID) -> int:
         cur = await self.conn.execute(
@@ -195,4 +204,6 @@ class PaymentRepository:
         )
         row = await cur.fetchone()
         assert row is not None
-        return Refund(**row)
+        refund = Refund(**row)
+        await OUTBOX.add(self.conn, [refund_event(refund)])  # RefundSucceeded / RefundFailed
+        return refund

@@ -1,4 +1,7 @@
-"""The PaymentService servicer: proto in -> use case -> proto out."""
+"""The PaymentService servicer: proto in -> use case -> proto out, and who may see which
+payment: a merchant only its own payments, a user only those they pay
+(`payer_user_id`); another's payment or refund is answered exactly as one that does not
+exist, before anything is done to it. Operators and peers see every payment."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from typing import Any
 from interpay.common.v1.money_pb2 import Money
 from interpay.payments.v1 import payments_service_pb2 as pb
 
+from services.framework.edge_auth import Kind, current_principal
 from services.framework.proto import timestamp
-from services.payments.domain.model import Payment, Refund, State
+from services.payments.domain.model import Payment, PaymentNotFound, Refund, RefundNotFound, State
 from services.payments.service_layer.payments import Payments, request_hash
 
 
@@ -20,6 +24,15 @@ def idempotency_key(context: Any) -> str | None:
         if key == "idempotency-key" and value:
             return str(value)[:255]
     return None
+
+
+def _may_see(payment: Payment) -> bool:
+    principal = current_principal()
+    if principal is None or principal.kind in (Kind.OPERATOR, Kind.SERVICE):
+        return True
+    if principal.kind is Kind.MERCHANT:
+        return str(payment.merchant_id) == principal.subject
+    return principal.kind is Kind.USER and str(payment.payer_user_id or "") == principal.subject
 
 
 def payment_pb(p: Payment) -> pb.Payment:
@@ -76,14 +89,19 @@ class PaymentServicer:
     def __init__(self, payments: Payments) -> None:
         self.payments = payments
 
+    async def _visible(self, payment_id: str) -> Payment:
+        """The payment, if the caller may see it; else the answer for one that does not exist."""
+        payment = await self.payments.get(uuid.UUID(payment_id))
+        if not _may_see(payment):
+            raise PaymentNotFound(payment.payment_id)
+        return payment
+
     async def CreatePayment(self, request: pb.CreatePaymentRequest, context: Any) -> pb.CreatePaymentResponse:
         payment = await self.payments.create(request, idempotency_key(context))
         return pb.CreatePaymentResponse(payment=payment_pb(payment))
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Any) -> pb.GetPaymentResponse:
-        return pb.GetPaymentResponse(
-            payment=payment_pb(await self.payments.get(uuid.UUID(request.payment_id)))
-        )
+        return pb.GetPaymentResponse(payment=payment_pb(await self._visible(request.payment_id)))
 
     async def ListPayments(self, request: pb.ListPaymentsRequest, context: Any) -> pb.ListPaymentsResponse:
         rows, token = await self.payments.list_payments(
@@ -102,14 +120,17 @@ class PaymentServicer:
         self, request: pb.CapturePaymentRequest, context: Any
     ) -> pb.CapturePaymentResponse:
         amount = request.amount.amount_minor if request.HasField("amount") else None
+        await self._visible(request.payment_id)
         payment = await self.payments.capture(uuid.UUID(request.payment_id), amount)
         return pb.CapturePaymentResponse(payment=payment_pb(payment))
 
     async def CancelPayment(self, request: pb.CancelPaymentRequest, context: Any) -> pb.CancelPaymentResponse:
+        await self._visible(request.payment_id)
         payment = await self.payments.cancel(uuid.UUID(request.payment_id), request.reason)
         return pb.CancelPaymentResponse(payment=payment_pb(payment))
 
     async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Any) -> pb.RefundPaymentResponse:
+        await self._visible(request.payment_id)
         refund = await self.payments.refund(
             uuid.UUID(request.payment_id),
             request.amount.amount_minor,
@@ -120,17 +141,20 @@ class PaymentServicer:
         return pb.RefundPaymentResponse(refund=refund_pb(refund))
 
     async def GetRefund(self, request: pb.GetRefundRequest, context: Any) -> pb.GetRefundResponse:
-        return pb.GetRefundResponse(
-            refund=refund_pb(await self.payments.get_refund(uuid.UUID(request.refund_id)))
-        )
+        refund = await self.payments.get_refund(uuid.UUID(request.refund_id))
+        if not _may_see(await self.payments.get(refund.payment_id)):
+            raise RefundNotFound(refund.refund_id)
+        return pb.GetRefundResponse(refund=refund_pb(refund))
 
     async def ListRefunds(self, request: pb.ListRefundsRequest, context: Any) -> pb.ListRefundsResponse:
+        await self._visible(request.payment_id)
         refunds = await self.payments.list_refunds(uuid.UUID(request.payment_id))
         return pb.ListRefundsResponse(refunds=[refund_pb(r) for r in refunds])
 
     async def ListPaymentTransactions(
         self, request: pb.ListPaymentTransactionsRequest, context: Any
     ) -> pb.ListPaymentTransactionsResponse:
+        await self._visible(request.payment_id)
         rows = await self.payments.history(uuid.UUID(request.payment_id))
         return pb.ListPaymentTransactionsResponse(
             transactions=[

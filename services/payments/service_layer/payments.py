@@ -66,6 +66,11 @@ def derived_id(scope: str, key: str) -> uuid.UUID:
     return uuid.uuid5(PAYMENT_NAMESPACE, f"{scope}:{key}")
 
 
+_PAST_THE_PAYMENT_SAGA = frozenset(
+    {State.CAPTURED, State.PARTIALLY_REFUNDED, State.REFUNDED, State.FAILED, State.CANCELLED}
+)
+
+
 class PaymentFailed(ServiceError):
     """Replays why a payment failed, every time it is asked for through the create call."""
 
@@ -151,8 +156,9 @@ class Payments:
                 payment = await repo.transition(
                     payment, State.PENDING, f"{payment_id}-pending", "handed to the payment saga"
                 )
-        if payment.state is not State.PENDING:
-            # The saga has finished with this payment: a retry replays without a peer call.
+        if payment.state in _PAST_THE_PAYMENT_SAGA:
+            # The payment saga has finished with it: a retry replays without a peer call.
+            # (AUTHORIZED is not enough: an automatic capture may still be on its way.)
             return await self._settled(payment_id, None)
         saga = await self._start_payment_saga(payment, review_approved=False, cvv=request.cvv)
         return await self._settled(payment_id, saga)
