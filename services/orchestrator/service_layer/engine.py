@@ -193,12 +193,20 @@ class SagaEngine:
             await SagaRepository(conn).set_state(saga.saga_id, saga.lease, self.lease_seconds, **changes)
 
     async def _step(
-        self, saga: SagaRecord, index: int, name: str, state: StepState, key: str, **fields: Any
+        self,
+        saga: SagaRecord,
+        index: int,
+        name: str,
+        state: StepState,
+        key: str,
+        next_step: int | None = None,
+        **fields: Any,
     ) -> None:
+        """Records a step (and, once it succeeded, the saga's move past it) in one commit."""
         async with self.db.transaction() as conn:
             repo = SagaRepository(conn)
             await repo.record_step(saga.saga_id, index, name, state, key, **fields)
-            await repo.set_state(saga.saga_id, saga.lease, self.lease_seconds)
+            await repo.set_state(saga.saga_id, saga.lease, self.lease_seconds, next_step=next_step)
 
     async def _forward(self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext) -> float | None:
         """Runs the remaining steps; returns a retry delay if a step must be tried again later."""
@@ -207,8 +215,9 @@ class SagaEngine:
             step = definition.steps[index]
             key = ctx.key(step.name)
             if not step.when(ctx):
-                await self._step(saga, index, step.name, StepState.SUCCEEDED, key, result={"skipped": True})
-                await self._move(saga, next_step=index + 1)
+                await self._step(
+                    saga, index, step.name, StepState.SUCCEEDED, key, index + 1, result={"skipped": True}
+                )
                 continue
             await self._step(saga, index, step.name, StepState.RUNNING, key, attempt=True)
             failpoints.hit(f"saga.{saga.saga_type}.{step.name}.before")
@@ -249,8 +258,7 @@ class SagaEngine:
                 )
                 return None
             ctx.results[step.name] = result
-            await self._step(saga, index, step.name, StepState.SUCCEEDED, key, result=result)
-            await self._move(saga, next_step=index + 1)
+            await self._step(saga, index, step.name, StepState.SUCCEEDED, key, index + 1, result=result)
             if result.get("halt"):
                 break
         await self._move(saga, state=SagaState.COMPLETED)

@@ -95,6 +95,7 @@ class PaymentSagas:
         self.merchants = merchants
         self.vault = vault
         self.processor = processor
+        self._system_wallets: dict[tuple[int, str], str] = {}
 
     def definitions(self) -> dict[str, SagaDefinition]:
         automatic = self._automatic
@@ -390,10 +391,13 @@ class PaymentSagas:
         }
 
     async def _system_wallet(self, account: int, currency: str) -> str:
-        reply = await self.wallet.GetSystemWallet(
-            wallet_pb.GetSystemWalletRequest(account=account, currency=currency)  # type: ignore[arg-type]
-        )
-        return str(reply.wallet.wallet_id)
+        """A system wallet's id; they never change, so each is asked for once per process."""
+        if (account, currency) not in self._system_wallets:
+            reply = await self.wallet.GetSystemWallet(
+                wallet_pb.GetSystemWalletRequest(account=account, currency=currency)  # type: ignore[arg-type]
+            )
+            self._system_wallets[(account, currency)] = str(reply.wallet.wallet_id)
+        return self._system_wallets[(account, currency)]
 
     async def _take_fee(self, ctx: SagaContext) -> dict[str, Any]:
         captured = ctx.results["capture"]
