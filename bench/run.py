@@ -50,6 +50,7 @@ from bench.common import (
     DATA,
     GATEWAY_GRPC_ADDR,
     GATEWAY_URL,
+    PROFILE,
     ROOT,
     WALLET_ADDR,
     check_loopback,
@@ -60,6 +61,7 @@ from bench.common import (
 )
 from bench.loadgen import RPC_DEADLINE_S, worker_main
 from bench.sysstat import CpuMeter, fsync_probe, top_snapshot
+from scripts.operator_token import mint
 
 CURRENCY = "XTS"  # ISO 4217's code reserved for testing: bench money never mixes with real money
 FUND_PER_WALLET = 1_000_000_000_000  # minor units; transfers move 1..100 each
@@ -319,7 +321,11 @@ def transcoding_overhead(wallet_id: str, n: int, rounds: int = 10) -> dict[str, 
     request = pb.GetWalletRequest(wallet_id=wallet_id)
     direct = service_channel(WALLET_ADDR, "wallet")
     via_envoy = grpc.insecure_channel(check_loopback(GATEWAY_GRPC_ADDR))  # the edge: no mTLS
-    http = httpx.Client(base_url=check_loopback(GATEWAY_URL), timeout=5.0)
+    # Through the gateway a call needs a credential: an operator's token, on both paths.
+    authorization = f"Bearer {mint(PROFILE.name)}"
+    http = httpx.Client(
+        base_url=check_loopback(GATEWAY_URL), timeout=5.0, headers={"authorization": authorization}
+    )
     direct_stub, envoy_stub = WalletServiceStub(direct), WalletServiceStub(via_envoy)
     path = f"/v1/wallets/{wallet_id}"
 
@@ -331,7 +337,9 @@ def transcoding_overhead(wallet_id: str, n: int, rounds: int = 10) -> dict[str, 
     calls = {
         "direct_grpc": lambda: direct_stub.GetWallet(request, timeout=5),
         "envoy_http_json": call_http,
-        "envoy_grpc": lambda: envoy_stub.GetWallet(request, timeout=5),
+        "envoy_grpc": lambda: envoy_stub.GetWallet(
+            request, timeout=5, metadata=(("authorization", authorization),)
+        ),
     }
     first = http.get(path)
     if first.status_code != 200 or first.json().get("wallet", {}).get("walletId") != wallet_id:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from scripts.operator_token import mint
 from services.framework.topology import PROFILES, Profile
 
 CURRENCY = "XTS"  # ISO 4217's code reserved for testing
@@ -188,8 +189,10 @@ async def run(
     if isinstance(profile, str):
         profile = PROFILES[profile]
     limits = httpx.Limits(max_connections=max(levels) * 4, max_keepalive_connections=max(levels) * 4)
+    # The gateway needs a credential: the bench acts as an operator (scripts/operator_token.py).
+    headers = {"authorization": f"Bearer {mint(profile.name)}"}
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{profile.gateway_port}", timeout=30, limits=limits
+        base_url=f"http://127.0.0.1:{profile.gateway_port}", timeout=30, limits=limits, headers=headers
     ) as http:
         merchant_id, payers = await _setup(http, 200)
         payments = Payments(http, merchant_id, payers)

@@ -37,7 +37,7 @@ from scripts.certs import ensure as ensure_certs  # noqa: E402
 from scripts.gateway_config import envoy_config  # noqa: E402
 from scripts.infra import Cassandra, Kafka, wait_until  # noqa: E402
 from services.framework.identity import TlsFiles, channel_options, plaintext  # noqa: E402
-from services.framework.topology import OPERATOR, PROFILES, SERVICES, Profile  # noqa: E402
+from services.framework.topology import EDGE_AUTH_PEERS, OPERATOR, PROFILES, SERVICES, Profile  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -183,13 +183,20 @@ class Mesh:
                 "INTERPAY_TLS_KEY_FILE": str(tls.key),
                 "INTERPAY_TLS_CA_FILE": str(tls.ca),
             }
-        for peer in spec.peers:
+        for peer in (*spec.peers, *EDGE_AUTH_PEERS):  # the edge-auth peers: every service
             env[f"INTERPAY_{peer.upper()}_ADDR"] = f"127.0.0.1:{self.profile.service_port(peer)}"
         if name == "wallet":
             env["INTERPAY_HOLD_EXPIRY_INTERVAL_SECONDS"] = "1"
             env["INTERPAY_RECONCILE_INTERVAL_SECONDS"] = "30"
         if name == "vault":
             env["INTERPAY_VAULT_KEK_FILE"] = str(self.vault_key())
+        if name == "notifications":
+            # A local mesh posts webhooks to loopback receivers only; dev and test retry
+            # failed deliveries within seconds rather than minutes.
+            env["INTERPAY_WEBHOOK_LOOPBACK_ONLY"] = "1"
+            if self.profile.name in ("dev", "test"):
+                env["INTERPAY_WEBHOOK_BACKOFF_BASE_MS"] = "300"
+                env["INTERPAY_WEBHOOK_BACKOFF_MAX_MS"] = "3000"
         if self.profile.name == "test":
             # Crash tests arm failpoints here (services/framework/failpoints.py); a dead
             # runner's sagas are taken over after a short lease.

@@ -2,6 +2,10 @@
 mTLS channels to its services, an HTTP client for its Envoy gateway, and ids that never
 collide between tests.
 
+`gateway` acts as an operator (an admin-role token, `helpers.operator_headers`), so tests
+of other behaviour pass the edge's authentication; tests of that authentication
+(tests/e2e/test_edge_auth.py) bring users' tokens and merchants' API keys of their own.
+
 `channel(service)` presents the `operator` certificate, as an engineer with grpcurl would;
 `channel(service, "orchestrator")` presents a service's own, for the internal RPCs whose
 allowlist names that service."""
@@ -19,7 +23,7 @@ import httpx
 import pytest
 
 from services.framework.topology import OPERATOR, PROFILES, Profile
-from tests.helpers import service_channel
+from tests.helpers import operator_headers, service_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +54,9 @@ def channel(profile: Profile) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def gateway(profile: Profile) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{profile.gateway_port}", timeout=30) as client:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{profile.gateway_port}", timeout=30, headers=operator_headers(profile)
+    ) as client:
         yield client
 
 

@@ -1,5 +1,6 @@
 """Small helpers the tests share: channels and grpcurl arguments carrying an mTLS
-identity, and reading google.rpc details from a failed call or an HTTP error body."""
+identity, an operator's credential for the gateway, and reading google.rpc details from a
+failed call or an HTTP error body."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from scripts.operator_token import mint
 from services.framework.identity import TlsFiles, channel_options, plaintext
 from services.framework.topology import OPERATOR, Profile
 
@@ -25,6 +27,18 @@ def tls_files(profile: Profile, identity: str = OPERATOR) -> TlsFiles | None:
     """The certificate the tests present as `identity`: `operator` (an engineer) unless a
     test acts as a service; None under INTERPAY_PLAINTEXT=1."""
     return None if plaintext() else TlsFiles.in_directory(certs_dir(profile), identity)
+
+
+_operator_tokens: dict[str, str] = {}
+
+
+def operator_headers(profile: Profile) -> dict[str, str]:
+    """What a client of the gateway presents to act as an operator: an admin-role token
+    signed with the mesh's key (scripts/operator_token.py), minted once per run and valid
+    for longer than any run."""
+    if profile.name not in _operator_tokens:
+        _operator_tokens[profile.name] = mint(profile.name, ttl_seconds=6 * 3600, subject="operator:tests")
+    return {"authorization": f"Bearer {_operator_tokens[profile.name]}"}
 
 
 def service_channel(profile: Profile, service: str, identity: str = OPERATOR) -> grpc.Channel:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.framework.identity import TlsFiles, plaintext
-from services.framework.topology import BY_NAME, ServiceSpec
+from services.framework.topology import BY_NAME, EDGE_AUTH_PEERS, ServiceSpec
 
 
 class ConfigError(RuntimeError):
@@ -47,6 +47,8 @@ class ServiceConfig:
     peer_deadline_seconds: float
     metrics_port: int = 0
     tls: TlsFiles | None = None  # None only under the development switch INTERPAY_PLAINTEXT=1
+    # Where the users (JWKS) and merchants (API keys) services are, for edge authentication.
+    auth_peer_addresses: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, service: str) -> ServiceConfig:
@@ -67,6 +69,7 @@ class ServiceConfig:
             peer_deadline_seconds=float(integer("INTERPAY_PEER_DEADLINE_MS", 5000)) / 1000,
             metrics_port=integer("INTERPAY_METRICS_PORT", 0),
             tls=tls_files(),
+            auth_peer_addresses={peer: require(f"INTERPAY_{peer.upper()}_ADDR") for peer in EDGE_AUTH_PEERS},
         )
 
 

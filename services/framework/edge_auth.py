@@ -1,27 +1,38 @@
-"""Edge credentials: who a caller from outside the mesh is. NOT WIRED IN YET.
+"""Edge credentials: who a caller of a public RPC is.
 
-This is the verification core of the edge-authentication issue; the interceptor that
-will use it (per-RPC policy, ownership, the principal of every call) is still to come,
-so nothing imports this module outside its unit tests. What it decides already:
+The framework's `interceptors.EdgeAuthInterceptor` runs on every public RPC (one with a
+`google.api.http` rule), through Envoy or straight over gRPC alike, and finds its
+`Principal` here; services/framework/edge_policy.py then says what that principal may do,
+and handlers read it with `current_principal()` to check ownership.
 
 - A call carries at most one credential: `authorization: Bearer <JWT>`, or an API key as
   `authorization: ApiKey <public id>.<secret>` or `x-api-key: <public id>.<secret>`.
-  Anything else in `authorization`, or two credentials at once, is malformed.
+  Anything else in `authorization`, or two credentials at once, is malformed. A
+  credential, when present, always decides who the caller is, whoever holds the
+  connection (so an engineer can act as a user with grpcurl).
 - A JWT is accepted only as ES256 with a `kid` naming a key of the users service's JWKS,
   a valid signature, the expected issuer and audience, and `exp`, `iat` and `sub`
   present and current. `alg: none`, HS256 (the public key used as an HMAC secret) and
   every other algorithm are refused before any key is looked at.
-- The JWKS is fetched once and cached by `kid`; an unknown `kid` refetches it (a key
-  rotation), at most once per `refresh_seconds`, so a stream of forged kids cannot turn
-  into a stream of calls to the users service.
+- The JWKS is fetched once (users `GetJwks`) and cached by `kid`; an unknown `kid`
+  refetches it (a key rotation), at most once per `refresh_seconds`, so a stream of
+  forged kids cannot turn into a stream of calls to the users service.
+- An API key is checked by the merchants service (`AuthenticateApiKey`) on every call, so
+  a revoked key is refused on its next use and each key's rate limit holds; its refusals
+  (UNAUTHENTICATED, PERMISSION_DENIED for a suspended merchant, RESOURCE_EXHAUSTED with a
+  RetryInfo) reach the caller unchanged.
+- Without a credential, the caller is its mTLS identity: a service of the mesh is a
+  `service` principal, the `operator` certificate an `operator`; the `gateway` (Envoy)
+  only relays clients, so a call through it without a credential is refused.
 
-Every refusal is UNAUTHENTICATED with ErrorInfo reason INVALID_CREDENTIALS and a
-`problem` in its metadata; a token's content never appears in a message.
+Every refusal of a credential is UNAUTHENTICATED with ErrorInfo reason INVALID_CREDENTIALS
+and a `problem` in its metadata; a token's or key's content never appears in a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,11 +42,24 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+from interpay.merchants.v1 import merchants_service_pb2 as merchants_pb
+from interpay.merchants.v1.merchants_service_pb2_grpc import MerchantsServiceStub
+from interpay.users.v1 import users_service_pb2 as users_pb
+from interpay.users.v1.users_service_pb2_grpc import UserServiceStub
 
 from services.framework.errors import Unauthenticated
+from services.framework.identity import Caller
+from services.framework.peers import Peers
+from services.framework.topology import BY_NAME, OPERATOR
 
 ALGORITHM = "ES256"
 ADMIN_ROLE = "admin"
+# What the users service puts in its tokens (services/users/adapters/tokens.py).
+ISSUER = "https://users.interpay.dev"
+AUDIENCE = "interpay"
+# The largest public id and secret AuthenticateApiKey accepts (its contract's rules).
+PUBLIC_ID_MAX = 64
+SECRET_MAX = 256
 
 FetchJwks = Callable[[], Awaitable[Sequence[Mapping[str, str]]]]
 
@@ -77,7 +101,7 @@ def _refuse(problem: str, message: str) -> Unauthenticated:
 
 def _api_key(value: str) -> ApiKey:
     public_id, dot, secret = value.strip().partition(".")
-    if not dot or not public_id or not secret:
+    if not dot or not public_id or not secret or len(public_id) > PUBLIC_ID_MAX or len(secret) > SECRET_MAX:
         raise _refuse("malformed", "an API key is <public id>.<secret>")
     return ApiKey(public_id, secret)
 
@@ -176,3 +200,75 @@ class TokenVerifier:
             if public is not None and jwk.get("kid"):
                 keys[jwk["kid"]] = public
         self._keys = keys  # a key dropped from the JWKS stops verifying at once
+
+
+def scope_name(scope: merchants_pb.ApiKeyScope.ValueType) -> str:
+    """An API key scope as the policy names it: API_KEY_SCOPE_PAYMENTS_WRITE -> payments:write."""
+    resource, _, action = (
+        merchants_pb.ApiKeyScope.Name(scope).removeprefix("API_KEY_SCOPE_").lower().rpartition("_")
+    )
+    return f"{resource}:{action}"
+
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The principal of the public RPC being served; None inside an internal RPC, whose
+    callers the allowlist already restricts to services."""
+    return _principal.get()
+
+
+def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    return _principal.set(principal)
+
+
+def reset_principal(token: contextvars.Token[Principal | None]) -> None:
+    _principal.reset(token)
+
+
+class EdgeAuthenticator:
+    """Turns a call's credential or mTLS identity into its principal, asking the users
+    service for its JWKS and the merchants service about API keys."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        authenticate_key: Callable[[ApiKey], Awaitable[Principal]],
+        require_identity: bool,
+    ) -> None:
+        self.verifier = verifier
+        self.authenticate_key = authenticate_key
+        self.require_identity = require_identity
+
+    @classmethod
+    def over(cls, peers: Peers, require_identity: bool) -> EdgeAuthenticator:
+        """An authenticator calling the users and merchants services through `peers`."""
+
+        async def fetch_jwks() -> list[dict[str, str]]:
+            reply = await peers.stub("users", UserServiceStub).GetJwks(users_pb.GetJwksRequest())
+            return [{f.name: v for f, v in jwk.ListFields()} for jwk in reply.keys]
+
+        async def authenticate_key(key: ApiKey) -> Principal:
+            reply = await peers.stub("merchants", MerchantsServiceStub).AuthenticateApiKey(
+                merchants_pb.AuthenticateApiKeyRequest(public_id=key.public_id, secret=key.secret)
+            )
+            return Principal(Kind.MERCHANT, reply.merchant_id, frozenset(scope_name(s) for s in reply.scopes))
+
+        return cls(TokenVerifier(fetch_jwks, ISSUER, AUDIENCE), authenticate_key, require_identity)
+
+    async def principal(self, metadata: Iterable[tuple[str, Any]], caller: Caller) -> Principal:
+        found = credential(metadata)
+        if isinstance(found, BearerToken):
+            return Principal.from_claims(await self.verifier.verify(found.token))
+        if isinstance(found, ApiKey):
+            return await self.authenticate_key(found)
+        if caller.verified and caller.name == OPERATOR:
+            return Principal(Kind.OPERATOR, OPERATOR)
+        if caller.verified and caller.name in BY_NAME:
+            return Principal(Kind.SERVICE, caller.name)
+        if not caller.verified and not self.require_identity:
+            # INTERPAY_PLAINTEXT=1: nobody has an identity, so a call without a credential
+            # is taken as a peer's, the way internal RPCs admit `unverified:` callers.
+            return Principal(Kind.SERVICE, str(caller))
+        raise _refuse("missing", "this call needs `authorization: Bearer <token>` or an API key")

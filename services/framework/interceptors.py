@@ -8,13 +8,19 @@
 2. `AllowlistInterceptor`: an internal RPC (one without an HTTP rule) admits only the
    mTLS identities its allowlist in topology.py names; any other caller is refused with
    PERMISSION_DENIED before the request is even validated.
-3. `ValidationInterceptor`: the protovalidate rules declared in the contract, checked on
+3. `EdgeAuthInterceptor`: a public RPC (one with an HTTP rule) needs a principal: a user
+   JWT or a merchant API key (services/framework/edge_auth.py), or a peer's or the
+   operator's mTLS identity; the policy table (services/framework/edge_policy.py) then
+   admits it or refuses with PERMISSION_DENIED. The principal is kept for the handlers
+   (`edge_auth.current_principal()`), which check ownership of what they read.
+4. `ValidationInterceptor`: the protovalidate rules declared in the contract, checked on
    every request before any handler runs; violations are INVALID_ARGUMENT with a
    BadRequest naming each field.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +29,12 @@ from typing import Any
 import grpc
 import protovalidate
 from buf.validate import validate_pb2
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
-from services.framework import errors, failpoints
+from services.framework import edge_policy, errors, failpoints
+from services.framework.edge_auth import EdgeAuthenticator, reset_principal, set_principal
 from services.framework.identity import admit, identify
 from services.framework.logs import current_trace_id
 from services.framework.topology import ServiceSpec
@@ -167,6 +176,49 @@ class AllowlistInterceptor(grpc.aio.ServerInterceptor):
             async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 admit(identify(context), rpc, allowed, self.require_identity)
                 return await inner(request, context)
+
+            return behaviour
+
+        return _wrap_unary(handler, wrap)
+
+
+def public_rpcs(spec: ServiceSpec) -> frozenset[str]:
+    """The RPCs of a service's contract that carry a `google.api.http` rule."""
+    importlib.import_module(spec.proto_module)  # registers the descriptors
+    service = descriptor_pool.Default().FindServiceByName(spec.grpc_service)
+    return frozenset(m.name for m in service.methods if m.GetOptions().HasExtension(annotations_pb2.http))
+
+
+class EdgeAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates and authorises every public RPC; internal RPCs, health and
+    reflection pass (the allowlist guards the first)."""
+
+    def __init__(self, spec: ServiceSpec, authenticator: EdgeAuthenticator) -> None:
+        self.grpc_service = spec.grpc_service
+        self.prefix = f"/{spec.grpc_service}/"
+        self.public = public_rpcs(spec)
+        self.authenticator = authenticator
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        rpc = method.removeprefix(self.prefix)
+        if not method.startswith(self.prefix) or rpc not in self.public:
+            return handler
+        if edge_policy.rule(self.grpc_service, rpc).open:
+            return handler
+
+        def wrap(inner: Behaviour) -> Behaviour:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                principal = await self.authenticator.principal(
+                    context.invocation_metadata() or (), identify(context)
+                )
+                edge_policy.authorize(self.grpc_service, rpc, principal, request)
+                token = set_principal(principal)
+                try:
+                    return await inner(request, context)
+                finally:
+                    reset_principal(token)
 
             return behaviour
 

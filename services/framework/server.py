@@ -31,7 +31,14 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.framework import errors, logs, metrics, tracing
 from services.framework.config import ServiceConfig
 from services.framework.db import Database
-from services.framework.interceptors import AllowlistInterceptor, RpcInterceptor, ValidationInterceptor
+from services.framework.edge_auth import EdgeAuthenticator
+from services.framework.interceptors import (
+    AllowlistInterceptor,
+    EdgeAuthInterceptor,
+    RpcInterceptor,
+    ValidationInterceptor,
+)
+from services.framework.peers import Peers
 
 log = logging.getLogger("interpay.server")
 
@@ -109,16 +116,25 @@ class ServiceApp:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        # Channels to the users (JWKS) and merchants (API keys) services for edge auth.
+        self.auth_peers = Peers(config.auth_peer_addresses, config.peer_deadline_seconds, config.tls)
 
     async def start(self) -> None:
         for resource in self.resources:
             await resource.start()
         spec = self.config.spec
+        require_identity = self.config.tls is not None
+        if not require_identity:
+            log.warning(
+                "INTERPAY_PLAINTEXT=1: public RPCs called without a credential are admitted "
+                "as unverified peers; development only"
+            )
         server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),
                 RpcInterceptor(spec.name),
-                AllowlistInterceptor(spec, require_identity=self.config.tls is not None),
+                AllowlistInterceptor(spec, require_identity=require_identity),
+                EdgeAuthInterceptor(spec, EdgeAuthenticator.over(self.auth_peers, require_identity)),
                 ValidationInterceptor(),
             ],
             options=[("grpc.so_reuseport", 0)],
@@ -155,6 +171,7 @@ class ServiceApp:
             await self.server.stop(self.config.shutdown_grace_seconds)
         for resource in reversed(self.resources):
             await resource.close()
+        await self.auth_peers.close()
         log.info("stopped")
 
 

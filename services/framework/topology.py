@@ -12,6 +12,21 @@ from dataclasses import dataclass, field
 GATEWAY = "gateway"  # the Envoy edge: the only caller of public RPCs from outside
 # Engineers (grpcurl) and the test suite; admitted only where an allowlist names it.
 OPERATOR = "operator"
+SERVICE_NAMES = (
+    "users",
+    "wallet",
+    "payments",
+    "transfers",
+    "merchants",
+    "fraud",
+    "vault",
+    "orchestrator",
+    "notifications",
+)
+# Every service authenticates the callers of its public RPCs (services/framework/
+# edge_auth.py) with these two: the users service's JWKS and the merchants service's
+# AuthenticateApiKey. A service reaches them at INTERPAY_<PEER>_ADDR like its own peers.
+EDGE_AUTH_PEERS = ("users", "merchants")
 
 
 @dataclass(frozen=True)
@@ -26,7 +41,9 @@ class ServiceSpec:
     # Internal RPC name -> the mTLS identities allowed to call it, enforced by the
     # framework (interceptors.AllowlistInterceptor): any other identity is refused with
     # PERMISSION_DENIED. Public RPCs (those with an HTTP rule) are open to every holder
-    # of a mesh certificate. The Istio AuthorizationPolicies are to be generated from this.
+    # of a mesh certificate at this layer; who may call them is the edge's policy
+    # (services/framework/edge_policy.py). The Istio AuthorizationPolicies are to be
+    # generated from this.
     internal_callers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
@@ -88,8 +105,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "interpay.merchants.v1.merchants_service_pb2",
         peers=("wallet", "transfers"),
         internal_callers={
-            "AuthenticateApiKey": (GATEWAY, "payments"),
+            # Every service checks the API keys its public RPCs are called with.
+            "AuthenticateApiKey": (GATEWAY, *SERVICE_NAMES),
             "GetMerchantForPayment": ("payments", "orchestrator"),
+            # Webhook endpoints with their signing secrets: only the sender of deliveries.
+            "ListWebhookEndpointsForDelivery": ("notifications",),
         },
     ),
     ServiceSpec(
@@ -134,10 +154,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
         8,
         "interpay.notifications.v1.NotificationsService",
         "interpay.notifications.v1.notifications_service_pb2",
+        peers=("merchants",),  # webhook endpoints and their signing secrets
     ),
 )
 
 BY_NAME = {spec.name: spec for spec in SERVICES}
+if tuple(BY_NAME) != SERVICE_NAMES:
+    raise RuntimeError("SERVICE_NAMES must list the services of SERVICES, in order")
 
 
 @dataclass(frozen=True)

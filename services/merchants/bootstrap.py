@@ -9,16 +9,19 @@ from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from services.framework.cache import Redis
 from services.framework.config import ServiceConfig, integer
+from services.framework.consumer import EventConsumer
 from services.framework.db import Database
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
 from services.framework.topology import SERVICES
+from services.merchants.adapters.analytics import Analytics
 from services.merchants.adapters.rate_limiter import RateLimiter
 from services.merchants.adapters.repository import MerchantRepository
 from services.merchants.adapters.secret_box import SecretBox
 from services.merchants.adapters.settlement_wallets import SettlementWallets
 from services.merchants.entrypoints.grpc_api import MerchantsServicer
+from services.merchants.service_layer import payment_events
 from services.merchants.service_layer.api_keys import ApiKeys
 from services.merchants.service_layer.onboarding import Merchants, utc_now
 from services.merchants.service_layer.webhooks import WebhookEndpoints
@@ -53,7 +56,24 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         ),
         Periodic("forget-idempotency-keys", 3600.0, forget_idempotency_keys),
     ]
-    return MerchantsServicer(merchants, api_keys, webhooks), [db, redis, peers, *jobs]
+    # Payment events -> settlement lines and analytics (service_layer/payment_events.py):
+    # exactly once in PostgreSQL, then copied to Cassandra with idempotent writes.
+    analytics = Analytics()
+    consumer = EventConsumer(db, "merchants", payment_events.TOPICS, payment_events.handle)
+    copier = Periodic(
+        "copy-analytics-to-cassandra",
+        integer("INTERPAY_ANALYTICS_COPY_INTERVAL_MS", 1000) / 1000,
+        lambda: payment_events.copy_to_cassandra(db, analytics),
+    )
+    return MerchantsServicer(merchants, api_keys, webhooks), [
+        db,
+        redis,
+        peers,
+        analytics,
+        consumer,
+        copier,
+        *jobs,
+    ]
 
 
 def main() -> None:

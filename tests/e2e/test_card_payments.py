@@ -5,6 +5,7 @@ timeout fail the payment with its own code and move nothing."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from typing import Any
 
@@ -15,7 +16,16 @@ from tests.e2e.test_payments_flow import CUR, create_merchant
 from tests.e2e.test_slice_http import balance
 from tests.helpers import http_details
 
-APPROVED = "4242424242424242"
+
+def fresh_card(prefix: str = "4") -> str:
+    """A Luhn-valid card number nobody used before: the simulator approves it, and the
+    fraud rules' per-card velocity never sees it twice across test runs on one mesh."""
+    digits = prefix + "".join(random.choice("0123456789") for _ in range(15 - len(prefix)))
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return digits + str((10 - total % 10) % 10)
 
 
 @pytest.fixture
@@ -63,7 +73,8 @@ def funding_balance(gateway: httpx.Client) -> int:
 
 
 def test_an_approved_card_pays_the_merchant_from_the_funding_account(gateway: httpx.Client, shop) -> None:  # type: ignore[no-untyped-def]
-    card = tokenize(gateway, APPROVED)
+    pan = fresh_card("4")
+    card = tokenize(gateway, pan)
     key = str(uuid.uuid4())
     reply = pay_by_card(gateway, shop, card["token"], 5_000, key=key)
     assert reply.status_code == 200, reply.text
@@ -71,7 +82,7 @@ def test_an_approved_card_pays_the_merchant_from_the_funding_account(gateway: ht
     assert payment["state"] == "STATE_CAPTURED" and payment["processorReference"].startswith("sim_auth_")
     assert payment["card"] == {
         "brand": "CARD_BRAND_VISA",
-        "last4": "4242",
+        "last4": pan[-4:],
         "expiryMonth": 12,
         "expiryYear": 2031,
     }
@@ -81,7 +92,7 @@ def test_an_approved_card_pays_the_merchant_from_the_funding_account(gateway: ht
     again = pay_by_card(gateway, shop, card["token"], 5_000, key=key)
     assert again.status_code == 200 and again.json()["payment"]["paymentId"] == payment["paymentId"]
     assert balance(gateway, shop["settlementWalletId"]) == 5_000 - 145
-    assert "4242424242424242" not in reply.text + again.text
+    assert pan not in reply.text + again.text
 
 
 @pytest.mark.parametrize(
@@ -110,7 +121,7 @@ def test_each_decline_fails_the_payment_and_moves_nothing(  # type: ignore[no-un
 
 def test_a_card_authorization_is_captured_in_part_then_refunded(gateway: httpx.Client) -> None:
     shop = create_merchant(gateway, fee_bps=0)
-    card = tokenize(gateway, "5555555555554444")
+    card = tokenize(gateway, fresh_card("55"))
     authorized = pay_by_card(gateway, shop, card["token"], 3_000, manual=True)
     assert authorized.status_code == 200, authorized.text
     payment = authorized.json()["payment"]
@@ -136,7 +147,7 @@ def test_a_card_authorization_is_captured_in_part_then_refunded(gateway: httpx.C
 
 
 def test_cancelling_a_card_authorization_voids_it(gateway: httpx.Client, shop) -> None:  # type: ignore[no-untyped-def]
-    card = tokenize(gateway, APPROVED)
+    card = tokenize(gateway, fresh_card("4"))
     payment = pay_by_card(gateway, shop, card["token"], 700, manual=True).json()["payment"]
     cancelled = gateway.post(f"/v1/payments/{payment['paymentId']}:cancel", json={"reason": "out of stock"})
     assert cancelled.status_code == 200, cancelled.text

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_card_payments import pay_by_card, tokenize
+from tests.e2e.test_card_payments import fresh_card, pay_by_card, tokenize
 from tests.e2e.test_payments_flow import CUR, create_merchant, payer
 from tests.e2e.test_slice_http import balance
 from tests.helpers import http_details
@@ -72,11 +72,11 @@ def test_a_blacklisted_card_is_declined_before_the_processor_sees_it(
     gateway: httpx.Client, blacklist
 ) -> None:  # type: ignore[no-untyped-def]
     shop = create_merchant(gateway)
-    card = tokenize(gateway, "4242424242424242")
+    card = tokenize(gateway, fresh_card("4"))
     blacklist("BLACKLIST_ENTRY_TYPE_CARD_FINGERPRINT", card["fingerprint"])
     payment = _declined(gateway, pay_by_card(gateway, shop, card["token"], 1_000))
     assert not payment.get("processorReference")  # never authorised
     assert balance(gateway, shop["settlementWalletId"]) == 0
     # Another card of the same shop is unaffected.
-    other = tokenize(gateway, "5555555555554444")
+    other = tokenize(gateway, fresh_card("55"))
     assert pay_by_card(gateway, shop, other["token"], 1_000).status_code == 200

@@ -20,7 +20,7 @@ ROUNDS = 5
 def test_one_key_many_concurrent_requests_one_effect(gateway: httpx.Client) -> None:
     shop = create_merchant(gateway, fee_bps=0)
     wallet = payer(gateway, ROUNDS * 1_000)
-    base_url = str(gateway.base_url)
+    base_url, headers = str(gateway.base_url), dict(gateway.headers)
     for round_ in range(ROUNDS):
         key = str(uuid.uuid4())
         body = {
@@ -30,7 +30,7 @@ def test_one_key_many_concurrent_requests_one_effect(gateway: httpx.Client) -> N
         }
 
         def send(key: str, body: dict[str, object]) -> httpx.Response:
-            with httpx.Client(base_url=base_url, timeout=30) as client:
+            with httpx.Client(base_url=base_url, timeout=30, headers=headers) as client:
                 return client.post("/v1/payments", headers={"Idempotency-Key": key}, json=body)
 
         with ThreadPoolExecutor(CONCURRENT) as pool:

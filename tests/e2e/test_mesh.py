@@ -9,6 +9,8 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interpay.merchants.v1 import merchants_service_pb2 as merchants_pb
+from interpay.merchants.v1 import merchants_service_pb2_grpc as merchants_grpc
 from interpay.notifications.v1 import notifications_service_pb2 as notifications_pb
 from interpay.notifications.v1 import notifications_service_pb2_grpc as notifications_grpc
 from interpay.users.v1 import users_service_pb2 as users_pb
@@ -62,21 +64,37 @@ def test_grpcurl_describes_a_method_from_reflection(profile) -> None:  # type: i
 
 
 def test_an_unimplemented_rpc_says_so_over_grpc(channel, new_id) -> None:  # type: ignore[no-untyped-def]
-    # The notifications service's behaviour arrives with the events issue.
-    stub = notifications_grpc.NotificationsServiceStub(channel("notifications"))
+    # The merchants' settlements arrive with their own issue.
+    stub = merchants_grpc.MerchantsServiceStub(channel("merchants"))
     with pytest.raises(grpc.RpcError) as err:
-        stub.GetNotification(notifications_pb.GetNotificationRequest(notification_id=new_id()), timeout=5)
+        stub.GetSettlement(
+            merchants_pb.GetSettlementRequest(merchant_id=new_id(), settlement_id=new_id()), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetNotification is declared in the contract but not implemented yet" in err.value.details()
+    assert "GetSettlement is declared in the contract but not implemented yet" in err.value.details()
     info, _ = rpc_details(err.value)
     assert info is not None and info.reason == "NOT_IMPLEMENTED"
 
 
 def test_an_unimplemented_rpc_says_so_over_http(gateway: httpx.Client, new_id) -> None:  # type: ignore[no-untyped-def]
-    reply = gateway.get(f"/v1/notifications/{new_id()}")
+    reply = gateway.get(f"/v1/merchants/{new_id()}/settlements/{new_id()}")
     assert reply.status_code == 501
     info, _ = http_details(reply.json())
     assert info is not None and info["reason"] == "NOT_IMPLEMENTED"
+
+
+def test_the_notifications_service_answers_over_grpc_and_http(channel, gateway, new_id) -> None:  # type: ignore[no-untyped-def]
+    unknown = new_id()
+    stub = notifications_grpc.NotificationsServiceStub(channel("notifications"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetNotification(notifications_pb.GetNotificationRequest(notification_id=unknown), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    info, _ = rpc_details(err.value)
+    assert info is not None and info.reason == "NOTIFICATION_NOT_FOUND"
+    reply = gateway.get(f"/v1/notifications/{unknown}")
+    assert reply.status_code == 404
+    info_json, _ = http_details(reply.json())
+    assert info_json is not None and info_json["reason"] == "NOTIFICATION_NOT_FOUND"
 
 
 def test_internal_rpcs_are_not_reachable_through_the_gateway(gateway: httpx.Client, profile, new_id) -> None:  # type: ignore[no-untyped-def]

@@ -16,19 +16,8 @@ from interpay.orchestrator.v1 import orchestrator_service_pb2 as saga_pb
 
 from services.framework.topology import SERVICES, Profile
 from tests.conftest import ROOT, database_url
-from tests.e2e.test_card_payments import pay_by_card, tokenize
+from tests.e2e.test_card_payments import fresh_card, pay_by_card, tokenize
 from tests.e2e.test_payments_flow import CUR, create_merchant
-
-
-def luhn_pan(prefix: str, length: int = 16) -> str:
-    digits = prefix + "".join(random.choice("0123456789") for _ in range(length - len(prefix) - 1))
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        n = int(d)
-        if i % 2 == 0:  # every second digit from the right, counting the check digit to come
-            n = n * 2 - 9 if n * 2 > 9 else n * 2
-        total += n
-    return digits + str((10 - total % 10) % 10)
 
 
 def _columns(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:  # type: ignore[type-arg]
@@ -49,7 +38,7 @@ def _contains(column: str, data_type: str) -> str:
 def test_card_numbers_and_cvvs_are_nowhere_at_rest(
     gateway: httpx.Client, profile: Profile, mesh_secrets
 ) -> None:  # type: ignore[no-untyped-def]
-    pan, declined_pan, cvv = luhn_pan("45"), "4000000000009995", f"{random.randint(100, 999)}"
+    pan, declined_pan, cvv = fresh_card("45"), "4000000000009995", f"{random.randint(100, 999)}"
     started = datetime.now(UTC)
     shop = create_merchant(gateway, fee_bps=0)
     card = tokenize(gateway, pan)

@@ -40,6 +40,9 @@ IMPOSSIBLE_TRAVEL = "0b1ac4e1-5700-4a3e-9f6e-000000000009"
 SHARED_DEVICE = "0b1ac4e1-5700-4a3e-9f6e-00000000000a"
 PATTERN = "0b1ac4e1-5700-4a3e-9f6e-00000000000b"
 KYC_LIMITS = "0b1ac4e1-5700-4a3e-9f6e-00000000000c"
+# Default rules (services/fraud/migrations/0004_profile_country_and_new_device.sql).
+COUNTRY_MISMATCH = "0b1ac4e1-5700-4a3e-9f6e-00000000000d"
+NEW_DEVICE = "0b1ac4e1-5700-4a3e-9f6e-00000000000e"
 BLACKLIST = "0b1ac4e1-5700-4a3e-9f6e-000000000001"
 # Test rules match only these, which no other caller of the mesh sends.
 TEST_CURRENCY = "XPT"
@@ -147,8 +150,11 @@ def amount_rule(threshold: int, weight: int) -> pb.FraudRule:
 def test_an_ordinary_small_payment_is_approved_and_recorded(fraud: FraudServiceStub) -> None:
     req = request()
     c = fraud.CheckTransaction(req).fraud_check
-    assert c.decision == pb.DECISION_APPROVE and c.risk_score == 0
-    assert all(f.contribution == 0 for f in c.fired_rules)
+    # The user's first payment from this device: the only signal, and a weak one.
+    new_device = fired(c, NEW_DEVICE)
+    assert c.decision == pb.DECISION_APPROVE and new_device is not None
+    assert c.risk_score == new_device.contribution < c.review_threshold
+    assert all(f.contribution == 0 for f in c.fired_rules if f.rule_id != NEW_DEVICE)
     assert (c.review_threshold, c.decline_threshold) != (0, 0)
     recorded = fraud.GetFraudCheck(pb.GetFraudCheckRequest(check_id=c.check_id)).fraud_check
     assert recorded == c
@@ -337,13 +343,13 @@ def test_kyc_limit_for_the_users_level(fraud: FraudServiceStub) -> None:
     assert kyc_entries[0].degraded == ("users service answered" in kyc_entries[0].reason)
 
 
-def register_user(users: UserServiceStub) -> str:
+def register_user(users: UserServiceStub, country_code: str = "DE") -> str:
     request = users_pb.RegisterUserRequest(
         email=f"fraud-{uuid.uuid4().hex[:12]}@example.com",
         phone=f"+4915{secrets.randbelow(10**9):09d}",
         password=secrets.token_urlsafe(16),
         display_name="Fraud Test",
-        country_code="DE",
+        country_code=country_code,
     )
     for attempt in range(20):  # the users process may be restarting (UNAVAILABLE)
         try:
@@ -363,6 +369,111 @@ def test_kyc_limit_takes_the_level_from_the_users_service(
     c = check(fraud, user_id=user, kyc_level=2, amount=Money(amount_minor=150_000, currency="EUR"))
     hit = fired(c, KYC_LIMITS)
     assert hit is not None and "KYC level 0" in hit.reason and not hit.degraded
+
+
+# -- country of the user's profile, new device ---------------------------------------------
+def test_country_differing_from_the_users_profile_fires(
+    fraud: FraudServiceStub, channel: Callable[[str], grpc.Channel]
+) -> None:
+    user = register_user(UserServiceStub(channel("users")), country_code="DE")
+    abroad = check(fraud, user_id=user, geo=pb.GeoLocation(country_code="FR"))
+    hit = fired(abroad, COUNTRY_MISMATCH)
+    assert hit is not None and hit.reason == "payment from FR, the user's profile says DE"
+    assert not hit.degraded and hit.contribution == hit.weight and hit.contribution < abroad.review_threshold
+    at_home = check(fraud, user_id=user, geo=pb.GeoLocation(country_code="DE"))
+    no_country = check(fraud, user_id=user)
+    # Not even listed: with nothing to compare, the rule stays silent (and is not degraded).
+    assert not [f for f in at_home.fired_rules if f.rule_id == COUNTRY_MISMATCH]
+    assert not [f for f in no_country.fired_rules if f.rule_id == COUNTRY_MISMATCH]
+    # A user the users service does not know has no profile country to differ from.
+    unknown = check(fraud, user_id=str(uuid.uuid4()), geo=pb.GeoLocation(country_code="FR"))
+    assert not [f for f in unknown.fired_rules if f.rule_id == COUNTRY_MISMATCH]
+    # A guest neither.
+    guest = check(fraud, user_id="", geo=pb.GeoLocation(country_code="FR"))
+    assert not [f for f in guest.fired_rules if f.rule_id == COUNTRY_MISMATCH]
+
+
+def test_a_device_new_to_the_user_fires_once_per_user(fraud: FraudServiceStub) -> None:
+    device = f"device-{uuid.uuid4()}"
+    first_user, second_user = str(uuid.uuid4()), str(uuid.uuid4())
+    first = check(fraud, user_id=first_user, device_fingerprint=device)
+    hit = fired(first, NEW_DEVICE)
+    assert hit is not None and hit.reason == "first payment from this device for this user"
+    assert hit.contribution == hit.weight < first.review_threshold and first.decision == pb.DECISION_APPROVE
+    again = check(fraud, user_id=first_user, device_fingerprint=device)
+    assert not [f for f in again.fired_rules if f.rule_id == NEW_DEVICE]
+    other_user = check(fraud, user_id=second_user, device_fingerprint=device)
+    assert fired(other_user, NEW_DEVICE) is not None
+    other_device = check(fraud, user_id=first_user, device_fingerprint=f"device-{uuid.uuid4()}")
+    assert fired(other_device, NEW_DEVICE) is not None
+    # Without a user or without a device there is nothing to remember.
+    assert fired(check(fraud, user_id="", device_fingerprint=device), NEW_DEVICE) is None
+    assert fired(check(fraud, user_id=first_user, device_fingerprint=""), NEW_DEVICE) is None
+
+
+def test_a_device_last_used_before_the_window_is_new_again(fraud: FraudServiceStub) -> None:
+    user, device = str(uuid.uuid4()), f"device-{uuid.uuid4()}"
+    now = datetime.now(UTC)
+    check(fraud, user_id=user, device_fingerprint=device, occur_time=ts(now - timedelta(days=31)))
+    hit = fired(check(fraud, user_id=user, device_fingerprint=device, occur_time=ts(now)), NEW_DEVICE)
+    assert hit is not None and hit.reason == "first payment from this device for this user in the last 30d"
+
+
+def test_a_declined_attempt_does_not_make_a_device_known(fraud: FraudServiceStub) -> None:
+    user, device, card = str(uuid.uuid4()), f"device-{uuid.uuid4()}", fingerprint()
+    entry = fraud.AddBlacklistEntry(
+        pb.AddBlacklistEntryRequest(
+            entry_type=pb.BLACKLIST_ENTRY_TYPE_CARD_FINGERPRINT, value=card, reason="integration test"
+        )
+    ).blacklist_entry
+    try:
+        declined = check(fraud, user_id=user, device_fingerprint=device, card_fingerprint=card)
+    finally:
+        fraud.RemoveBlacklistEntry(pb.RemoveBlacklistEntryRequest(entry_id=entry.entry_id))
+    assert declined.decision == pb.DECISION_DECLINE and fired(declined, NEW_DEVICE) is not None
+    after = check(fraud, user_id=user, device_fingerprint=device)
+    assert after.decision == pb.DECISION_APPROVE and fired(after, NEW_DEVICE) is not None
+    assert fired(check(fraud, user_id=user, device_fingerprint=device), NEW_DEVICE) is None
+
+
+def test_rules_need_something_to_match(fraud: FraudServiceStub) -> None:
+    empty_location = pb.FraudRule(
+        name=f"test: nothing {uuid.uuid4().hex[:8]}",
+        rule_type=pb.RULE_TYPE_LOCATION,
+        weight=0,
+        location=pb.LocationParameters(),
+    )
+    empty_device = pb.FraudRule(
+        name=f"test: nothing {uuid.uuid4().hex[:8]}",
+        rule_type=pb.RULE_TYPE_DEVICE,
+        weight=0,
+        device=pb.DeviceParameters(window=duration(60)),
+    )
+    for bad in (empty_location, empty_device):
+        create = pb.CreateFraudRuleRequest(fraud_rule=bad)
+        code, reason, _ = failure(lambda create=create: fraud.CreateFraudRule(create))
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    # A flag alone is enough. These rules would match everybody's traffic: weight 0 changes
+    # no score, and they are disabled as soon as they have been read back.
+    flags_only = [
+        pb.FraudRule(
+            name=f"test: mismatch only {uuid.uuid4().hex[:8]}",
+            rule_type=pb.RULE_TYPE_LOCATION,
+            weight=0,
+            location=pb.LocationParameters(fire_on_profile_country_mismatch=True),
+        ),
+        pb.FraudRule(
+            name=f"test: new device only {uuid.uuid4().hex[:8]}",
+            rule_type=pb.RULE_TYPE_DEVICE,
+            weight=0,
+            device=pb.DeviceParameters(window=duration(60), fire_on_new_device_for_user=True),
+        ),
+    ]
+    for rule in flags_only:
+        made = fraud.CreateFraudRule(pb.CreateFraudRuleRequest(fraud_rule=rule)).fraud_rule
+        fraud.DisableFraudRule(pb.DisableFraudRuleRequest(rule_id=made.rule_id, reason="test finished"))
+        stored = fraud.GetFraudRule(pb.GetFraudRuleRequest(rule_id=made.rule_id)).fraud_rule
+        assert (stored.location, stored.device) == (rule.location, rule.device)
 
 
 # -- thresholds ---------------------------------------------------------------------------
@@ -390,16 +501,22 @@ def thresholds(fraud: FraudServiceStub) -> Iterator[Callable[[int, int], None]]:
 def test_thresholds_edges_decide(fraud: FraudServiceStub, test_rules: Any, thresholds: Any) -> None:
     test_rules(amount_rule(threshold=100, weight=4000))  # at the threshold: contributes 2000
     xpt = Money(amount_minor=100, currency=TEST_CURRENCY)
+
+    def only_the_test_rule() -> pb.FraudCheck:
+        # No device, so the default new-device rule (a fresh user's first payment) adds
+        # nothing: the score is exactly the test rule's.
+        return check(fraud, amount=xpt, device_fingerprint="")
+
     thresholds(2001, 9000)
-    assert check(fraud, amount=xpt).decision == pb.DECISION_APPROVE
+    assert only_the_test_rule().decision == pb.DECISION_APPROVE
     thresholds(2000, 9000)
-    at_review = check(fraud, amount=xpt)
+    at_review = only_the_test_rule()
     assert (at_review.risk_score, at_review.decision) == (2000, pb.DECISION_REVIEW)
     assert at_review.review_threshold == 2000
     thresholds(1000, 2000)
-    assert check(fraud, amount=xpt).decision == pb.DECISION_DECLINE
+    assert only_the_test_rule().decision == pb.DECISION_DECLINE
     thresholds(1000, 2001)
-    assert check(fraud, amount=xpt).decision == pb.DECISION_REVIEW
+    assert only_the_test_rule().decision == pb.DECISION_REVIEW
 
 
 def test_thresholds_update_needs_the_current_version(fraud: FraudServiceStub) -> None:

@@ -1,5 +1,7 @@
 """The edge's credential checks (services/framework/edge_auth.py) with real ES256 keys: every
-refusal the identity issue lists for tokens, and the JWKS cache's refresh on rotation."""
+refusal the identity issue lists for tokens, and the JWKS cache's refresh on rotation; who a
+caller without a credential is; and the policy table (services/framework/edge_policy.py)
+checked against the contracts and applied."""
 
 from __future__ import annotations
 
@@ -15,9 +17,26 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import descriptor_pool
+from interpay.merchants.v1 import merchants_service_pb2 as merchants_pb
+from interpay.payments.v1 import payments_service_pb2 as payments_pb
+from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
 
-from services.framework.edge_auth import ApiKey, BearerToken, Kind, Principal, TokenVerifier, credential
-from services.framework.errors import Unauthenticated
+from services.framework.edge_auth import (
+    ApiKey,
+    BearerToken,
+    EdgeAuthenticator,
+    Kind,
+    Principal,
+    TokenVerifier,
+    credential,
+    scope_name,
+)
+from services.framework.edge_policy import POLICY, authorize
+from services.framework.errors import PermissionDenied, Unauthenticated
+from services.framework.identity import Caller
+from services.framework.interceptors import public_rpcs
+from services.framework.topology import GATEWAY, OPERATOR, SERVICES
 from services.users.adapters.tokens import AUDIENCE, ISSUER, TokenIssuer
 
 
@@ -196,3 +215,91 @@ def test_a_call_carries_one_well_formed_credential() -> None:
     ):
         with pytest.raises(Unauthenticated):
             credential(bad)
+    for oversized in (f"{'p' * 65}.secret", f"pk_1.{'s' * 257}"):  # beyond AuthenticateApiKey's rules
+        with pytest.raises(Unauthenticated):
+            credential([("x-api-key", oversized)])
+
+
+# -- who the caller is without a credential, and what the policy lets it do ----------------------
+
+
+def authenticator(require_identity: bool = True) -> EdgeAuthenticator:
+    async def no_jwks() -> Sequence[Mapping[str, str]]:
+        return []
+
+    async def merchant_key(key: ApiKey) -> Principal:
+        return Principal(Kind.MERCHANT, "m-1", frozenset({"payments:read"}))
+
+    return EdgeAuthenticator(TokenVerifier(no_jwks, ISSUER, AUDIENCE), merchant_key, require_identity)
+
+
+async def test_identities_become_principals_and_the_gateway_needs_a_credential() -> None:
+    auth = authenticator()
+    assert await auth.principal([], Caller("payments", verified=True)) == Principal(Kind.SERVICE, "payments")
+    assert await auth.principal([], Caller(OPERATOR, verified=True)) == Principal(Kind.OPERATOR, OPERATOR)
+    for nobody in (Caller(GATEWAY, verified=True), Caller("ipv4:127.0.0.1:1", verified=False)):
+        with pytest.raises(Unauthenticated):
+            await auth.principal([], nobody)
+    # A credential decides, whoever holds the connection.
+    as_key = await auth.principal([("x-api-key", "pk_1.s")], Caller(OPERATOR, verified=True))
+    assert as_key.kind is Kind.MERCHANT
+    # Plaintext development mode: no identities, so a call without a credential is a peer's.
+    plain = await authenticator(require_identity=False).principal(
+        [], Caller("ipv4:127.0.0.1:1", verified=False)
+    )
+    assert plain.kind is Kind.SERVICE and plain.subject.startswith("unverified:")
+
+
+def test_every_api_key_scope_has_a_policy_name() -> None:
+    names = {scope_name(v) for v in merchants_pb.ApiKeyScope.values() if v}
+    used = {s for rules in POLICY.values() for r in rules.values() for g in r.grants for s in g.scopes}
+    assert (
+        used
+        <= names
+        == {"payments:read", "payments:write", "refunds:write", "reports:read", "webhooks:write"}
+    )
+
+
+def test_the_policy_names_only_public_rpcs_and_real_owner_fields() -> None:
+    for spec in SERVICES:
+        public = public_rpcs(spec)
+        service = descriptor_pool.Default().FindServiceByName(spec.grpc_service)
+        for rpc, entry in POLICY.get(spec.grpc_service, {}).items():
+            assert rpc in public, f"{spec.grpc_service}/{rpc} is not a public RPC"
+            fields = service.methods_by_name[rpc].input_type.fields_by_name
+            for grant in entry.grants:
+                assert not grant.owner_field or grant.owner_field in fields, (rpc, grant.owner_field)
+    assert set(POLICY) <= {spec.grpc_service for spec in SERVICES}
+
+
+WALLETS = "interpay.wallet.v1.WalletService"
+PAYMENTS = "interpay.payments.v1.PaymentService"
+
+
+def test_the_policy_admits_grants_and_refuses_the_rest() -> None:
+    user = Principal(Kind.USER, "u-1")
+    reader = Principal(Kind.MERCHANT, "m-1", frozenset({"payments:read"}))
+    writer = Principal(Kind.MERCHANT, "m-1", frozenset({"payments:write"}))
+    for everyone in (Principal(Kind.OPERATOR, "op"), Principal(Kind.SERVICE, "payments")):
+        authorize(WALLETS, "FundWallet", everyone, wallet_pb.FundWalletRequest())
+    authorize(WALLETS, "GetWallet", user, wallet_pb.GetWalletRequest())
+    with pytest.raises(PermissionDenied) as denied:
+        authorize(WALLETS, "FundWallet", user, wallet_pb.FundWalletRequest())  # unlisted: operators only
+    assert denied.value.reason == "PERMISSION_DENIED"
+    with pytest.raises(PermissionDenied) as scope:
+        authorize(PAYMENTS, "CreatePayment", reader, payments_pb.CreatePaymentRequest(merchant_id="m-1"))
+    assert (
+        scope.value.reason == "INSUFFICIENT_SCOPE"
+        and scope.value.metadata["required_scopes"] == "payments:write"
+    )
+    authorize(PAYMENTS, "CreatePayment", writer, payments_pb.CreatePaymentRequest(merchant_id="m-1"))
+    with pytest.raises(PermissionDenied):
+        authorize(PAYMENTS, "CreatePayment", writer, payments_pb.CreatePaymentRequest(merchant_id="m-2"))
+    # A list's empty owner filter becomes the caller's own; another's is refused.
+    listing = payments_pb.ListPaymentsRequest()
+    authorize(PAYMENTS, "ListPayments", reader, listing)
+    assert listing.merchant_id == "m-1"
+    with pytest.raises(PermissionDenied):
+        authorize(PAYMENTS, "ListPayments", reader, payments_pb.ListPaymentsRequest(merchant_id="m-2"))
+    with pytest.raises(PermissionDenied):
+        authorize(PAYMENTS, "ListPayments", user, payments_pb.ListPaymentsRequest(merchant_id="m-1"))

@@ -14,12 +14,15 @@ from services.fraud.adapters.counters import answer
 from services.fraud.adapters.repository import params_from_json, params_to_json
 from services.fraud.domain.blacklist import BlacklistIndex, InvalidBlacklistValue, normalize
 from services.fraud.domain.evidence import (
+    DeviceHistory,
     Read,
     daily_total_read,
     device_read,
     escalating_confidence,
     geo_member,
     geo_series,
+    needs_device_history,
+    needs_profile,
     pattern_read,
     plan_counters,
     velocity_reads,
@@ -104,6 +107,7 @@ def evidence(observations: dict[Read, object] | None | str = "empty", **kwargs: 
         blacklist_matches=kwargs.get("matches", ()),  # type: ignore[arg-type]
         profile=kwargs.get("profile"),  # type: ignore[arg-type]
         profile_problem=str(kwargs.get("problem", "")),
+        device_history=kwargs.get("history"),  # type: ignore[arg-type]
     )
 
 
@@ -167,6 +171,71 @@ def test_location_fires_for_a_listed_country() -> None:
     assert only([rule(p)], txn(country_code=None), evidence()).fired_rules == ()
 
 
+GERMAN = RiskProfile(kyc_level=1, country_code="DE", email_domain="example.com")
+MISMATCH = LocationParams((), fire_on_profile_country_mismatch=True)
+
+
+def test_profile_country_mismatch_fires_with_both_countries_in_the_reason() -> None:
+    verdict = only([rule(MISMATCH, weight=2000)], txn(country_code="FR"), evidence(profile=GERMAN))
+    assert [(f.confidence, f.contribution, f.degraded) for f in verdict.fired_rules] == [
+        (BASIS_POINTS, 2000, False)
+    ]
+    assert verdict.fired_rules[0].reason == "payment from FR, the user's profile says DE"
+    transfer = only(
+        [rule(MISMATCH)], txn(country_code="FR", kind=TransactionKind.TRANSFER), evidence(profile=GERMAN)
+    )
+    assert transfer.fired_rules[0].reason == "transfer from FR, the user's profile says DE"
+
+
+@pytest.mark.parametrize(
+    ("changes", "profile"),
+    [
+        ({"country_code": "DE"}, GERMAN),  # the same country
+        ({"country_code": None}, GERMAN),  # no transaction country
+        ({"user_id": None}, GERMAN),  # a guest: no profile to compare with
+        ({}, RiskProfile(kyc_level=1, country_code="", email_domain="")),  # a profile without a country
+        ({}, None),  # a user the users service does not know
+    ],
+)
+def test_profile_country_mismatch_needs_all_of_its_inputs(
+    changes: dict[str, object], profile: RiskProfile | None
+) -> None:
+    t = txn(**{"country_code": "FR", **changes})
+    assert only([rule(MISMATCH)], t, evidence(profile=profile)).fired_rules == ()
+
+
+def test_profile_country_mismatch_without_the_users_service_is_degraded() -> None:
+    problem = "users service answered UNAVAILABLE to GetUserRiskProfile"
+    verdict = only([rule(MISMATCH)], txn(country_code="FR"), evidence(problem=problem))
+    assert verdict.degraded and verdict.risk_score == 0
+    assert verdict.fired_rules[0].degraded and "UNAVAILABLE" in verdict.fired_rules[0].reason
+    # A listed country still fires, saying what could not be compared.
+    listed = LocationParams(("FR",), fire_on_profile_country_mismatch=True)
+    both = only([rule(listed, weight=3000)], txn(country_code="FR"), evidence(problem=problem))
+    assert both.risk_score == 3000 and both.fired_rules[0].degraded
+    assert "a listed high-risk country" in both.fired_rules[0].reason
+
+
+def test_location_reports_a_listed_country_and_a_mismatch_together() -> None:
+    p = LocationParams(("FR",), fire_on_profile_country_mismatch=True)
+    fired = only([rule(p)], txn(country_code="FR"), evidence(profile=GERMAN)).fired_rules
+    assert fired[0].confidence == BASIS_POINTS
+    assert fired[0].reason == (
+        "transaction from FR, a listed high-risk country; payment from FR, the user's profile says DE"
+    )
+    listed_only = LocationParams(("FR",))
+    assert only([rule(listed_only)], txn(country_code="IT"), evidence(profile=GERMAN)).fired_rules == ()
+
+
+def test_the_profile_is_asked_only_when_a_rule_can_use_it() -> None:
+    mismatch, kyc, listed = rule(MISMATCH), rule(KYC), rule(LocationParams(("KP",)))
+    assert needs_profile([mismatch], txn())
+    assert not needs_profile([mismatch], txn(country_code=None))
+    assert not needs_profile([mismatch, kyc], txn(user_id=None))
+    assert needs_profile([kyc], txn(country_code=None))
+    assert not needs_profile([listed], txn())
+
+
 def test_haversine_berlin_new_york() -> None:
     assert 6350 < haversine_km(52.52, 13.40, 40.71, -74.01) < 6420
 
@@ -208,6 +277,69 @@ def test_device_fires_above_the_distinct_user_count_or_on_a_missing_fingerprint(
     assert missing.fired_rules[0].confidence == BASIS_POINTS
     lenient = DeviceParams(3, 24 * HOUR_MS, False)
     assert only([rule(lenient)], txn(device_fingerprint=None), evidence()).fired_rules == ()
+
+
+NEW_DEVICE = DeviceParams(0, 30 * 24 * HOUR_MS, False, fire_on_new_device_for_user=True)
+
+
+def test_new_device_fires_when_the_user_has_not_used_it_within_the_window() -> None:
+    never = only([rule(NEW_DEVICE, weight=1500)], txn(), evidence(history=DeviceHistory(None)))
+    assert [(f.confidence, f.contribution) for f in never.fired_rules] == [(BASIS_POINTS, 1500)]
+    assert never.fired_rules[0].reason == "first payment from this device for this user"
+    recent = DeviceHistory(AT_MS - 29 * 24 * HOUR_MS)
+    assert only([rule(NEW_DEVICE)], txn(), evidence(history=recent)).fired_rules == ()
+    long_ago = DeviceHistory(AT_MS - 31 * 24 * HOUR_MS)
+    stale = only([rule(NEW_DEVICE)], txn(), evidence(history=long_ago)).fired_rules
+    assert stale[0].reason == "first payment from this device for this user in the last 30d"
+
+
+@pytest.mark.parametrize(
+    ("changes", "history"),
+    [
+        ({"user_id": None}, DeviceHistory(None)),  # a guest
+        ({"device_fingerprint": None}, DeviceHistory(None)),  # no device
+        ({}, None),  # not looked up
+    ],
+)
+def test_new_device_needs_a_user_and_a_device(
+    changes: dict[str, object], history: DeviceHistory | None
+) -> None:
+    assert only([rule(NEW_DEVICE)], txn(**changes), evidence(history=history)).fired_rules == ()
+
+
+def test_a_new_device_rule_without_a_user_limit_needs_no_counters() -> None:
+    t = txn()
+    assert device_read(NEW_DEVICE, t) is None
+    plan = plan_counters([rule(NEW_DEVICE)], t, AT_MS)
+    assert not plan.reads and all(w.series.kind != "device" for w in plan.writes)
+    # Redis being down does not matter to it: the history is Postgres's.
+    verdict = only([rule(NEW_DEVICE)], t, evidence(None, history=DeviceHistory(None)))
+    assert not verdict.degraded and verdict.fired_rules[0].confidence == BASIS_POINTS
+
+
+def test_new_device_and_shared_device_in_one_rule() -> None:
+    p = DeviceParams(3, 24 * HOUR_MS, False, fire_on_new_device_for_user=True)
+    t = txn()
+    read = device_read(p, t)
+    assert read is not None
+    both = only([rule(p)], t, evidence({read: 4}, history=DeviceHistory(None))).fired_rules
+    assert both[0].confidence == BASIS_POINTS
+    assert both[0].reason == (
+        "first payment from this device for this user; 4 users on this device in the last 1d; the limit is 3"
+    )
+    counters_down = only([rule(p)], t, evidence(None, history=DeviceHistory(None))).fired_rules
+    assert counters_down[0].degraded and counters_down[0].confidence == BASIS_POINTS
+    assert "first payment" in counters_down[0].reason and "unreachable" in counters_down[0].reason
+    known = only([rule(p)], t, evidence(None, history=DeviceHistory(AT_MS - HOUR_MS))).fired_rules
+    assert known[0].degraded and known[0].confidence == 0
+
+
+def test_the_device_history_is_asked_only_when_a_rule_can_use_it() -> None:
+    shared = rule(DeviceParams(3, HOUR_MS, False))
+    assert needs_device_history([shared, rule(NEW_DEVICE)], txn())
+    assert not needs_device_history([shared], txn())
+    assert not needs_device_history([rule(NEW_DEVICE)], txn(user_id=None))
+    assert not needs_device_history([rule(NEW_DEVICE)], txn(device_fingerprint=None))
 
 
 # -- blacklist ----------------------------------------------------------------------------
@@ -383,8 +515,10 @@ def test_escalating_confidence() -> None:
         VelocityParams(VelocitySubject.EMAIL, 60_000, 3, Money(5, "EUR")),
         AmountParams((Money(1, "EUR"),)),
         LocationParams(("DE",)),
+        LocationParams((), fire_on_profile_country_mismatch=True),
         ImpossibleTravelParams(900, 10, 1000),
         DeviceParams(2, 1000, True),
+        DeviceParams(0, 1000, False, fire_on_new_device_for_user=True),
         BlacklistParams((BlacklistType.IP, BlacklistType.USER)),
         PatternParams(1000, 3, 2.5),
         KYC,
@@ -392,3 +526,9 @@ def test_escalating_confidence() -> None:
 )
 def test_parameters_survive_their_json_form(params: RuleParams) -> None:
     assert params_from_json(rule(params).rule_type, params_to_json(params)) == params
+
+
+def test_parameters_stored_before_the_new_flags_read_as_off() -> None:
+    assert params_from_json(RuleType.LOCATION, {"country_codes": ["KP"]}) == LocationParams(("KP",), False)
+    stored = {"max_users_per_device": 5, "window_ms": 1000, "fire_on_missing_fingerprint": False}
+    assert params_from_json(RuleType.DEVICE, stored) == DeviceParams(5, 1000, False, False)

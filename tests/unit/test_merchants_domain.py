@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 
 from services.framework.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.framework.identity import Caller, admit, identify
-from services.framework.topology import BY_NAME
+from services.framework.topology import BY_NAME, OPERATOR
 from services.merchants.domain.credentials import hash_secret, new_public_id, new_secret, secret_matches
 from services.merchants.domain.model import (
     ApiKey,
@@ -188,9 +188,11 @@ def test_the_internal_rpcs_admit_the_allowlist_only() -> None:
         for caller in allowed:
             identity = f"spiffe://interpay.local/ns/interpay/sa/{caller}".encode()
             assert str(authorize(_Context(identity), rpc)) == caller
-        assert "users" not in allowed
+        # Every service checks API keys (edge authentication); nothing else reaches users.
+        intruder = OPERATOR if rpc == "AuthenticateApiKey" else "users"
+        assert intruder not in allowed
         with pytest.raises(PermissionDenied):
-            authorize(_Context(b"users.interpay.svc"), rpc)
+            authorize(_Context(f"{intruder}.interpay.svc".encode()), rpc)
         with pytest.raises(Unauthenticated):
             authorize(_Context(None), rpc)
         plaintext = authorize(_Context(None), rpc, require_identity=False)  # development only

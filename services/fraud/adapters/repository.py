@@ -64,7 +64,10 @@ def params_to_json(p: RuleParams) -> dict[str, Any]:
     if isinstance(p, AmountParams):
         return {"thresholds": [_money(m) for m in p.thresholds]}
     if isinstance(p, LocationParams):
-        return {"country_codes": list(p.country_codes)}
+        return {
+            "country_codes": list(p.country_codes),
+            "fire_on_profile_country_mismatch": p.fire_on_profile_country_mismatch,
+        }
     if isinstance(p, ImpossibleTravelParams):
         return {
             "max_speed_kmh": p.max_speed_kmh,
@@ -76,6 +79,7 @@ def params_to_json(p: RuleParams) -> dict[str, Any]:
             "max_users_per_device": p.max_users_per_device,
             "window_ms": p.window_ms,
             "fire_on_missing_fingerprint": p.fire_on_missing_fingerprint,
+            "fire_on_new_device_for_user": p.fire_on_new_device_for_user,
         }
     if isinstance(p, BlacklistParams):
         return {"entry_types": [t.value for t in p.entry_types]}
@@ -107,15 +111,21 @@ def params_from_json(rule_type: RuleType, d: dict[str, Any]) -> RuleParams:
         )
     if rule_type is RuleType.AMOUNT:
         return AmountParams(tuple(m for m in map(_money_from, d["thresholds"]) if m is not None))
+    # Flags added after 0001 are absent from older rows: absent means off.
     if rule_type is RuleType.LOCATION:
-        return LocationParams(tuple(d["country_codes"]))
+        return LocationParams(
+            tuple(d["country_codes"]), bool(d.get("fire_on_profile_country_mismatch", False))
+        )
     if rule_type is RuleType.IMPOSSIBLE_TRAVEL:
         return ImpossibleTravelParams(
             int(d["max_speed_kmh"]), int(d["min_distance_km"]), int(d["lookback_ms"])
         )
     if rule_type is RuleType.DEVICE:
         return DeviceParams(
-            int(d["max_users_per_device"]), int(d["window_ms"]), bool(d["fire_on_missing_fingerprint"])
+            int(d["max_users_per_device"]),
+            int(d["window_ms"]),
+            bool(d["fire_on_missing_fingerprint"]),
+            bool(d.get("fire_on_new_device_for_user", False)),
         )
     if rule_type is RuleType.BLACKLIST:
         return BlacklistParams(tuple(BlacklistType(t) for t in d["entry_types"]))
@@ -217,6 +227,14 @@ _CHECK_COLUMNS = (
     "kyc_level, occurred_at, risk_score, decision, fired_rules, degraded, review_threshold, "
     "decline_threshold, config_version, latency_us, confirmed_fraud, report_reason, reported_at, "
     "created_at"
+)
+
+
+# When a user last used a device: an index-only scan of fraud_checks_user_devices (0004),
+# whose predicate the conditions repeat so the planner can use it with any parameters.
+_DEVICE_LAST_SEEN = (
+    "SELECT max(d.occurred_at) FROM fraud_checks d WHERE d.user_id = %s AND d.device_fingerprint = %s "
+    "AND d.user_id IS NOT NULL AND d.device_fingerprint <> '' AND d.decision <> 'DECLINE'"
 )
 
 
@@ -497,16 +515,35 @@ class FraudRepository:
         return [_entry(r) for r in rows]
 
     # -- checks ----------------------------------------------------------------------------
-    async def config_version_and_check(self, reference: str) -> tuple[int, FraudCheck | None]:
-        """The configuration version and the check recorded under `reference`, in one trip."""
-        row = await self._one(
-            "SELECT f.version AS current_config_version, c.* FROM fraud_config f "
-            "LEFT JOIN fraud_checks c ON c.reference = %s",
-            (reference,),
-        )
+    async def config_version_and_check(
+        self, reference: str, device_of: tuple[uuid.UUID, str] | None = None
+    ) -> tuple[int, FraudCheck | None, datetime | None]:
+        """The configuration version and the check recorded under `reference`, in one trip;
+        with `device_of` (a user and a device fingerprint), also when that user last used
+        that device (`device_last_seen`), else None."""
+        if device_of is None:
+            row = await self._one(
+                "SELECT f.version AS current_config_version, c.* FROM fraud_config f "
+                "LEFT JOIN fraud_checks c ON c.reference = %s",
+                (reference,),
+            )
+        else:
+            row = await self._one(
+                f"SELECT f.version AS current_config_version, ({_DEVICE_LAST_SEEN}) AS device_last_seen, "
+                f"c.* FROM fraud_config f LEFT JOIN fraud_checks c ON c.reference = %s",
+                (*device_of, reference),
+            )
         assert row is not None
         version = int(row["current_config_version"])
-        return version, (check_from_row(row) if row["check_id"] is not None else None)
+        recorded = check_from_row(row) if row["check_id"] is not None else None
+        return version, recorded, row.get("device_last_seen")
+
+    async def device_last_seen(self, user_id: uuid.UUID, device_fingerprint: str) -> datetime | None:
+        """The `occur_time` of the user's latest recorded, not declined, check with this
+        device; None if there is none."""
+        row = await self._one(f"SELECT ({_DEVICE_LAST_SEEN}) AS last_seen", (user_id, device_fingerprint))
+        assert row is not None
+        return row["last_seen"]  # type: ignore[no-any-return]
 
     async def insert_check(self, check: FraudCheck, email: str | None) -> FraudCheck | None:
         """Records a check, returning it with its creation time; None when its reference was

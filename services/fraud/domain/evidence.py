@@ -15,6 +15,12 @@ Series:
   pattern rule and the KYC daily total; kept at least 30 days, so a rule created later
   has a history to judge by.
 - geo: the user's located transactions that were not declined, for impossible travel.
+
+Two kinds of evidence come from elsewhere: the user's risk profile (KYC level, country of
+residence) from the users service, asked only when a rule needs it (`needs_profile`), and
+when the user last used the transaction's device, from the recorded checks in Postgres
+(`needs_device_history`): durable, so a Redis outage or flush never makes every device
+look new.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from services.fraud.domain.model import (
     FraudRule,
     ImpossibleTravelParams,
     KycLimitParams,
+    LocationParams,
     PatternParams,
     Transaction,
     VelocityParams,
@@ -92,6 +99,14 @@ class CounterPlan:
 Observations = Mapping[Read, object]
 
 
+@dataclass(frozen=True)
+class DeviceHistory:
+    """When the paying user last used the transaction's device, by the `occur_time` of
+    their latest recorded check with it that was not declined; None: never."""
+
+    last_seen_ms: int | None
+
+
 def canonical_ip(address: str) -> str:
     return ipaddress.ip_address(address).compressed
 
@@ -152,8 +167,31 @@ def velocity_reads(p: VelocityParams, txn: Transaction) -> tuple[Read | None, Re
 
 
 def device_read(p: DeviceParams, txn: Transaction) -> Read | None:
+    """The distinct-user count a device rule asks for (None without a limit on it, or
+    without a device and a user)."""
     series = device_series(txn)
-    return Read("count", series, p.window_ms) if series else None
+    return Read("count", series, p.window_ms) if series and p.max_users_per_device > 0 else None
+
+
+def needs_profile(rules: Iterable[FraudRule], txn: Transaction) -> bool:
+    """Whether a rule needs the user's risk profile for this transaction: a KYC limit, or a
+    country mismatch rule when the transaction has a country."""
+    if txn.user_id is None:
+        return False
+    for rule in rules:
+        p = rule.params
+        if isinstance(p, KycLimitParams):
+            return True
+        if isinstance(p, LocationParams) and p.fire_on_profile_country_mismatch and txn.country_code:
+            return True
+    return False
+
+
+def needs_device_history(rules: Iterable[FraudRule], txn: Transaction) -> bool:
+    """Whether a new-device rule needs to know when the user last used this device."""
+    if txn.user_id is None or not txn.device_fingerprint:
+        return False
+    return any(isinstance(r.params, DeviceParams) and r.params.fire_on_new_device_for_user for r in rules)
 
 
 def travel_read(rules: Iterable[FraudRule], txn: Transaction) -> Read | None:

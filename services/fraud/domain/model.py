@@ -96,6 +96,7 @@ class AmountParams:
 @dataclass(frozen=True)
 class LocationParams:
     country_codes: tuple[str, ...]
+    fire_on_profile_country_mismatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,10 @@ class ImpossibleTravelParams:
 
 @dataclass(frozen=True)
 class DeviceParams:
-    max_users_per_device: int
+    max_users_per_device: int  # 0: no limit on distinct users
     window_ms: int
     fire_on_missing_fingerprint: bool
+    fire_on_new_device_for_user: bool = False
 
 
 @dataclass(frozen=True)

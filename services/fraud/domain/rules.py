@@ -16,6 +16,7 @@ from typing import cast
 
 from services.fraud.domain.blacklist import Identifier, Match
 from services.fraud.domain.evidence import (
+    DeviceHistory,
     Observations,
     canonical_ip,
     daily_total_read,
@@ -68,6 +69,7 @@ class Evidence:
     blacklist_matches: tuple[Match, ...]
     profile: RiskProfile | None
     profile_problem: str = ""  # why the profile is missing, when it should be there
+    device_history: DeviceHistory | None = None  # None: not looked up (no rule needs it)
 
 
 def identifiers(txn: Transaction) -> list[Identifier]:
@@ -153,9 +155,30 @@ def amount(p: AmountParams, txn: Transaction) -> Outcome:
     return NOT_FIRED
 
 
-def location(p: LocationParams, txn: Transaction) -> Outcome:
-    if txn.country_code and txn.country_code in p.country_codes:
-        return Outcome(BASIS_POINTS, f"transaction from {txn.country_code}, a listed high-risk country")
+def kind_words(txn: Transaction) -> str:
+    return txn.kind.value.lower()  # payment, transfer, payout
+
+
+def location(p: LocationParams, txn: Transaction, ev: Evidence) -> Outcome:
+    country = txn.country_code
+    if not country:
+        return NOT_FIRED
+    reasons = []
+    if country in p.country_codes:
+        reasons.append(f"transaction from {country}, a listed high-risk country")
+    problem = ""
+    # The mismatch needs a user, the transaction's country and the profile's: without one
+    # of them there is nothing to compare, and the rule does not fire.
+    if p.fire_on_profile_country_mismatch and txn.user_id is not None:
+        home = ev.profile.country_code.upper() if ev.profile is not None else ""
+        if home and home != country:
+            reasons.append(f"{kind_words(txn)} from {country}, the user's profile says {home}")
+        elif ev.profile is None and ev.profile_problem:
+            problem = f"{ev.profile_problem}; {country} could not be compared with the user's profile country"
+    if reasons:
+        return Outcome(BASIS_POINTS, "; ".join(reasons + ([problem] if problem else [])), bool(problem))
+    if problem:
+        return Outcome(0, problem, degraded=True)
     return NOT_FIRED
 
 
@@ -189,14 +212,27 @@ def impossible_travel(p: ImpossibleTravelParams, txn: Transaction, ev: Evidence,
     )
 
 
-def device(p: DeviceParams, txn: Transaction, ev: Evidence) -> Outcome:
+def device(p: DeviceParams, txn: Transaction, ev: Evidence, at_ms: int) -> Outcome:
     if not txn.device_fingerprint:
         if p.fire_on_missing_fingerprint:
             return Outcome(BASIS_POINTS, "the transaction carries no device fingerprint")
         return NOT_FIRED
+    new = new_device(p, txn, ev, at_ms)
+    shared = shared_device(p, txn, ev)
+    if shared.degraded:  # the counters are down; the new-device half may still have fired
+        if new.confidence:
+            return Outcome(new.confidence, f"{new.reason}; {shared.reason}", degraded=True)
+        return shared
+    best, other = (new, shared) if new.confidence >= shared.confidence else (shared, new)
+    if best.confidence and other.confidence:
+        return Outcome(best.confidence, f"{best.reason}; {other.reason}")
+    return best
+
+
+def shared_device(p: DeviceParams, txn: Transaction, ev: Evidence) -> Outcome:
     read = device_read(p, txn)
     if read is None:
-        return NOT_FIRED  # no user to count
+        return NOT_FIRED  # no user to count, or no limit on users
     if ev.observations is None:
         return _counters_down("device counters")
     users = cast(int, ev.observations[read])
@@ -207,6 +243,22 @@ def device(p: DeviceParams, txn: Transaction, ev: Evidence) -> Outcome:
         f"{users} users on this device in the last {duration_words(p.window_ms)}; "
         f"the limit is {p.max_users_per_device}",
     )
+
+
+def new_device(p: DeviceParams, txn: Transaction, ev: Evidence, at_ms: int) -> Outcome:
+    """Fires when the user has no earlier, not declined, transaction from this device
+    within the window; never without a user or a device."""
+    if not p.fire_on_new_device_for_user or txn.user_id is None or not txn.device_fingerprint:
+        return NOT_FIRED
+    if ev.device_history is None:
+        return NOT_FIRED  # not looked up: the check asks whenever a rule needs it
+    last = ev.device_history.last_seen_ms
+    if last is not None and last > at_ms - p.window_ms:
+        return NOT_FIRED
+    reason = f"first {kind_words(txn)} from this device for this user"
+    if last is not None:
+        reason += f" in the last {duration_words(p.window_ms)}"
+    return Outcome(BASIS_POINTS, reason)
 
 
 def blacklist(p: BlacklistParams, ev: Evidence) -> Outcome:
@@ -287,11 +339,11 @@ def evaluate_rule(rule: FraudRule, txn: Transaction, ev: Evidence, at_ms: int) -
     if isinstance(p, AmountParams):
         return amount(p, txn)
     if isinstance(p, LocationParams):
-        return location(p, txn)
+        return location(p, txn, ev)
     if isinstance(p, ImpossibleTravelParams):
         return impossible_travel(p, txn, ev, at_ms)
     if isinstance(p, DeviceParams):
-        return device(p, txn, ev)
+        return device(p, txn, ev, at_ms)
     if isinstance(p, BlacklistParams):
         return blacklist(p, ev)
     if isinstance(p, PatternParams):

@@ -90,13 +90,20 @@ def params_from_pb(rule: pb.FraudRule, field: str) -> RuleParams:
     if field == "amount":
         return AmountParams(tuple(_money(m) for m in rule.amount.thresholds))
     if field == "location":
-        return LocationParams(tuple(rule.location.country_codes))
+        return LocationParams(
+            tuple(rule.location.country_codes), rule.location.fire_on_profile_country_mismatch
+        )
     if field == "impossible_travel":
         t = rule.impossible_travel
         return ImpossibleTravelParams(t.max_speed_kmh, t.min_distance_km, _ms(t.lookback))
     if field == "device":
         d = rule.device
-        return DeviceParams(d.max_users_per_device, _ms(d.window), d.fire_on_missing_fingerprint)
+        return DeviceParams(
+            d.max_users_per_device,
+            _ms(d.window),
+            d.fire_on_missing_fingerprint,
+            d.fire_on_new_device_for_user,
+        )
     if field == "blacklist":
         return BlacklistParams(tuple(_ENTRY_TYPES[t] for t in rule.blacklist.entry_types))
     if field == "pattern":
@@ -181,7 +188,12 @@ def rule_pb(rule: FraudRule) -> pb.FraudRule:
     elif isinstance(p, AmountParams):
         out.amount.CopyFrom(pb.AmountParameters(thresholds=[_money_pb(m) for m in p.thresholds]))
     elif isinstance(p, LocationParams):
-        out.location.CopyFrom(pb.LocationParameters(country_codes=list(p.country_codes)))
+        out.location.CopyFrom(
+            pb.LocationParameters(
+                country_codes=list(p.country_codes),
+                fire_on_profile_country_mismatch=p.fire_on_profile_country_mismatch,
+            )
+        )
     elif isinstance(p, ImpossibleTravelParams):
         out.impossible_travel.CopyFrom(
             pb.ImpossibleTravelParameters(
@@ -196,6 +208,7 @@ def rule_pb(rule: FraudRule) -> pb.FraudRule:
                 max_users_per_device=p.max_users_per_device,
                 window=_duration_pb(p.window_ms),
                 fire_on_missing_fingerprint=p.fire_on_missing_fingerprint,
+                fire_on_new_device_for_user=p.fire_on_new_device_for_user,
             )
         )
     elif isinstance(p, BlacklistParams):

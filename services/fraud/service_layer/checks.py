@@ -2,8 +2,9 @@
 
 All in one Postgres transaction: one query finds both the configuration version and a
 check already recorded under the reference (a retry returns that check and touches no
-counter); one Lua script in Redis appends the transaction to its counters and reads
-them; a KYC rule may ask the users service (cached); one INSERT records the check, ON
+counter) and, when a new-device rule needs it, when the user last used the device; one
+Lua script in Redis appends the transaction to its counters and reads them; a KYC or
+country mismatch rule may ask the users service (cached); one INSERT records the check, ON
 CONFLICT on the reference, so two concurrent first attempts record one check and both
 answer with it.
 """
@@ -21,11 +22,16 @@ from services.framework.db import Database
 from services.fraud.adapters.counters import Counters
 from services.fraud.adapters.repository import FraudRepository
 from services.fraud.adapters.users import ProfileLookup, RiskProfiles
-from services.fraud.domain.evidence import CounterPlan, plan_counters
+from services.fraud.domain.evidence import (
+    CounterPlan,
+    DeviceHistory,
+    needs_device_history,
+    needs_profile,
+    plan_counters,
+)
 from services.fraud.domain.model import (
     Decision,
     FraudCheck,
-    KycLimitParams,
     ReferenceReused,
     Transaction,
 )
@@ -67,14 +73,26 @@ class FraudChecks:
         txn = request.transaction
         async with self.db.transaction() as conn:
             repo = FraudRepository(conn)
-            version, recorded = await repo.config_version_and_check(txn.reference)
+            # The replica's rules tell whether to ask for the device's history in the same
+            # trip; a rule enabled since is caught up below with a query of its own.
+            device_of = None
+            if needs_device_history(self.config.current.enabled, txn):
+                assert txn.user_id is not None and txn.device_fingerprint is not None
+                device_of = (txn.user_id, txn.device_fingerprint)
+            version, recorded, last_seen = await repo.config_version_and_check(txn.reference, device_of)
             if recorded is not None:
                 return self._replay(recorded, request)
             snapshot = await self.config.ensure(version, conn)
-            check, plan = await self._decide(request, snapshot, started)
+            history = None
+            if needs_device_history(snapshot.enabled, txn):
+                assert txn.user_id is not None and txn.device_fingerprint is not None
+                if device_of is None:
+                    last_seen = await repo.device_last_seen(txn.user_id, txn.device_fingerprint)
+                history = DeviceHistory(int(last_seen.timestamp() * 1000) if last_seen else None)
+            check, plan = await self._decide(request, snapshot, started, history)
             recorded = await repo.insert_check(check, request.email)
             if recorded is None:  # a concurrent first attempt with the same reference won
-                _, first = await repo.config_version_and_check(txn.reference)
+                _, first, _ = await repo.config_version_and_check(txn.reference)
                 assert first is not None
                 return self._replay(first, request)
         if check.decision is Decision.DECLINE:
@@ -85,7 +103,7 @@ class FraudChecks:
         return recorded
 
     async def _decide(
-        self, request: CheckRequest, snapshot: Snapshot, started: float
+        self, request: CheckRequest, snapshot: Snapshot, started: float, history: DeviceHistory | None
     ) -> tuple[FraudCheck, CounterPlan]:
         txn = request.transaction
         assert snapshot.thresholds is not None
@@ -97,14 +115,14 @@ class FraudChecks:
         plan = plan_counters(rules, txn, at_ms)
         observations = await self.counters.run(plan)
         lookup = ProfileLookup(None, "")
-        if self.profiles is not None and txn.user_id is not None:
-            if any(isinstance(r.params, KycLimitParams) for r in rules):
-                lookup = await self.profiles.lookup(txn.user_id)
+        if self.profiles is not None and txn.user_id is not None and needs_profile(rules, txn):
+            lookup = await self.profiles.lookup(txn.user_id)
         evidence = Evidence(
             observations=observations,
             blacklist_matches=tuple(snapshot.blacklist.matches(identifiers(txn), now)),
             profile=lookup.profile,
             profile_problem=lookup.problem,
+            device_history=history,
         )
         verdict = judge(rules, txn, evidence, snapshot.thresholds, at_ms)
         check = FraudCheck(

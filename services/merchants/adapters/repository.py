@@ -351,6 +351,17 @@ class MerchantRepository:
         )
         return [_endpoint(r) for r in await cur.fetchall()]
 
+    async def webhook_endpoints_with_secrets(
+        self, merchant_id: uuid.UUID
+    ) -> list[tuple[WebhookEndpoint, bytes, str]]:
+        """A merchant's live endpoints with their sealed secrets and the sealing key's id."""
+        cur = await self.conn.execute(
+            f"SELECT {_ENDPOINT_COLUMNS}, signing_secret, secret_key_id FROM webhook_endpoints "
+            "WHERE merchant_id = %s AND deleted_at IS NULL ORDER BY created_at, endpoint_id",
+            (merchant_id,),
+        )
+        return [(_endpoint(r), bytes(r["signing_secret"]), r["secret_key_id"]) for r in await cur.fetchall()]
+
     async def delete_webhook_endpoint(self, endpoint_id: uuid.UUID, at: datetime) -> None:
         """Soft delete: the row stays for the audit trail and deliveries that name it; the
         signing secret, no longer needed by anyone, is wiped."""

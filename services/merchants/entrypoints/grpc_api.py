@@ -255,6 +255,17 @@ class MerchantsServicer:
             webhook_endpoints=[webhook_endpoint_pb(e) for e in rows], next_page_token=token
         )
 
+    async def ListWebhookEndpointsForDelivery(
+        self, request: pb.ListWebhookEndpointsForDeliveryRequest, context: Any
+    ) -> pb.ListWebhookEndpointsForDeliveryResponse:
+        rows = await self.webhooks.for_delivery(uuid.UUID(request.merchant_id))
+        return pb.ListWebhookEndpointsForDeliveryResponse(
+            endpoints=[
+                pb.WebhookEndpointForDelivery(webhook_endpoint=webhook_endpoint_pb(e), signing_secret=secret)
+                for e, secret in rows
+            ]
+        )
+
     async def DeleteWebhookEndpoint(
         self, request: pb.DeleteWebhookEndpointRequest, context: Any
     ) -> pb.DeleteWebhookEndpointResponse:

@@ -1,11 +1,12 @@
 """Webhook endpoints: registered with a signing secret shown once and kept encrypted
 (see adapters/secret_box.py), listed without it, and deleted (softly: the row stays for
-the audit trail, the secret is wiped). Delivery arrives with the events issue."""
+the audit trail, the secret is wiped). The notifications service sends the deliveries,
+reading each endpoint with its secret through the internal ListWebhookEndpointsForDelivery."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from services.framework import paging
 from services.framework.db import Database
@@ -83,6 +84,16 @@ class WebhookEndpoints:
                 raise MerchantNotFound(merchant_id)
             rows = await repo.list_webhook_endpoints(merchant_id, size + 1, after)
         return pages.page(rows, size, scope, lambda e: (e.created_at, e.endpoint_id))
+
+    async def for_delivery(self, merchant_id: uuid.UUID) -> Sequence[tuple[WebhookEndpoint, str]]:
+        """The merchant's live endpoints with their signing secrets, for the notifications
+        service only (the allowlist says so); none for an unknown merchant."""
+        async with self.db.transaction() as conn:
+            rows = await MerchantRepository(conn).webhook_endpoints_with_secrets(merchant_id)
+        return [
+            (endpoint, self.box.open(sealed, key_id, endpoint.endpoint_id))
+            for endpoint, sealed, key_id in rows
+        ]
 
     async def delete(self, merchant_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
         """Deletes the endpoint; deleting one already deleted succeeds, one that never

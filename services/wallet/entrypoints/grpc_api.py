@@ -1,4 +1,7 @@
-"""The WalletService servicer: proto in -> use case -> proto out. Nothing else lives here."""
+"""The WalletService servicer: proto in -> use case -> proto out, and who may see which
+wallet: a user only their own wallets, a merchant only its own (its settlement wallet);
+another's wallet is answered exactly as one that does not exist. Operators and peers (and
+internal RPCs, which the allowlist restricts to peers) see every wallet."""
 
 from __future__ import annotations
 
@@ -8,14 +11,45 @@ from typing import Any
 
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 
+from services.framework.edge_auth import Kind, current_principal
+from services.framework.errors import PermissionDenied
 from services.wallet.adapters.messages import KINDS, OWNER_TYPES, entry_pb, hold_pb, wallet_pb
 from services.wallet.domain.model import (
+    OwnerType,
     SystemAccount,
     TransactionKind,
     TransferOrder,
+    Wallet,
+    WalletNotFound,
     WalletState,
 )
 from services.wallet.service_layer.ledger import Ledger, TransferResult
+
+# The owner type whose wallets each kind of edge principal may see.
+_OWNED_BY = {Kind.USER: OwnerType.USER, Kind.MERCHANT: OwnerType.MERCHANT}
+
+
+def _caller_owner() -> tuple[OwnerType, str] | None:
+    """The owner the caller is restricted to, or None if it may see every wallet."""
+    principal = current_principal()
+    if principal is None or principal.kind not in _OWNED_BY:
+        return None
+    return _OWNED_BY[principal.kind], principal.subject
+
+
+def _check_owner(owner_type: OwnerType, owner_id: str) -> None:
+    """Refuses a user or merchant naming an owner other than itself."""
+    own = _caller_owner()
+    if own is not None and own != (owner_type, owner_id):
+        raise PermissionDenied("a wallet owner must be the caller itself", metadata={"field": "owner_id"})
+
+
+def _visible(wallet: Wallet) -> Wallet:
+    """The wallet, if the caller may see it; else the answer for a wallet that does not exist."""
+    own = _caller_owner()
+    if own is not None and own != (wallet.owner_type, wallet.owner_id):
+        raise WalletNotFound(wallet.wallet_id)
+    return wallet
 
 
 class WalletServicer:
@@ -23,22 +57,26 @@ class WalletServicer:
         self.ledger = ledger
 
     async def CreateWallet(self, request: pb.CreateWalletRequest, context: Any) -> pb.CreateWalletResponse:
+        _check_owner(OWNER_TYPES[request.owner_type], request.owner_id)
         wallet = await self.ledger.create_wallet(
             OWNER_TYPES[request.owner_type], request.owner_id, request.currency
         )
         return pb.CreateWalletResponse(wallet=wallet_pb(wallet))
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: Any) -> pb.GetWalletResponse:
-        wallet = await self.ledger.get_wallet(uuid.UUID(request.wallet_id))
+        wallet = _visible(await self.ledger.get_wallet(uuid.UUID(request.wallet_id)))
         return pb.GetWalletResponse(wallet=wallet_pb(wallet))
 
     async def ListWallets(self, request: pb.ListWalletsRequest, context: Any) -> pb.ListWalletsResponse:
+        _check_owner(OWNER_TYPES[request.owner_type], request.owner_id)
         wallets = await self.ledger.list_wallets(OWNER_TYPES[request.owner_type], request.owner_id)
         return pb.ListWalletsResponse(wallets=[wallet_pb(w) for w in wallets])
 
     async def ListWalletTransactions(
         self, request: pb.ListWalletTransactionsRequest, context: Any
     ) -> pb.ListWalletTransactionsResponse:
+        if _caller_owner() is not None:
+            _visible(await self.ledger.get_wallet(uuid.UUID(request.wallet_id)))
         rows, next_token = await self.ledger.history(
             uuid.UUID(request.wallet_id), request.page_size, request.page_token
         )

@@ -124,13 +124,17 @@ class _RuleTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleType.Val
     RULE_TYPE_AMOUNT: _RuleType.ValueType  # 2
     """An amount at or above a threshold for its currency."""
     RULE_TYPE_LOCATION: _RuleType.ValueType  # 3
-    """A transaction from a listed high-risk country."""
+    """A transaction from a listed high-risk country, or from another country
+    than the one in the user's profile.
+    """
     RULE_TYPE_IMPOSSIBLE_TRAVEL: _RuleType.ValueType  # 4
     """Two transactions of one user from places too far apart for the time
     between them.
     """
     RULE_TYPE_DEVICE: _RuleType.ValueType  # 5
-    """A device shared by too many users, or no device fingerprint at all."""
+    """A device shared by too many users, no device fingerprint at all, or a
+    device the user has not used before.
+    """
     RULE_TYPE_BLACKLIST: _RuleType.ValueType  # 6
     """A user, e-mail domain, device, IP address or card on the blacklist."""
     RULE_TYPE_PATTERN: _RuleType.ValueType  # 7
@@ -152,13 +156,17 @@ sliding window (counted in Redis).
 RULE_TYPE_AMOUNT: RuleType.ValueType  # 2
 """An amount at or above a threshold for its currency."""
 RULE_TYPE_LOCATION: RuleType.ValueType  # 3
-"""A transaction from a listed high-risk country."""
+"""A transaction from a listed high-risk country, or from another country
+than the one in the user's profile.
+"""
 RULE_TYPE_IMPOSSIBLE_TRAVEL: RuleType.ValueType  # 4
 """Two transactions of one user from places too far apart for the time
 between them.
 """
 RULE_TYPE_DEVICE: RuleType.ValueType  # 5
-"""A device shared by too many users, or no device fingerprint at all."""
+"""A device shared by too many users, no device fingerprint at all, or a
+device the user has not used before.
+"""
 RULE_TYPE_BLACKLIST: RuleType.ValueType  # 6
 """A user, e-mail domain, device, IP address or card on the blacklist."""
 RULE_TYPE_PATTERN: RuleType.ValueType  # 7
@@ -495,25 +503,40 @@ Global___AmountParameters: _TypeAlias = AmountParameters  # noqa: Y015
 
 @_typing.final
 class LocationParameters(_message.Message):
-    """LocationParameters configure a LOCATION rule: it fires when the
-    transaction's country is listed.
+    """LocationParameters configure a LOCATION rule: it fires, with full
+    confidence, when the transaction's country is listed, or, if so configured,
+    when it differs from the country in the paying user's profile. A rule sets
+    at least one of the two.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     COUNTRY_CODES_FIELD_NUMBER: _builtins.int
+    FIRE_ON_PROFILE_COUNTRY_MISMATCH_FIELD_NUMBER: _builtins.int
+    fire_on_profile_country_mismatch: _builtins.bool
+    """Whether the rule also fires when the transaction's country
+    (CheckTransactionRequest.geo.country_code) differs from the country of
+    residence in the paying user's profile, as the users service reports it.
+    It never fires without a user, without a transaction country, or for a
+    user whose profile has no country; when the users service cannot be
+    asked, the rule is marked degraded instead. The card's issuing country is
+    not compared: the platform does not know it.
+    """
     @_builtins.property
     def country_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The high-risk countries, ISO-3166-1 alpha-2 codes."""
+        """The high-risk countries, ISO-3166-1 alpha-2 codes; may be empty when
+        `fire_on_profile_country_mismatch` is set.
+        """
 
     def __init__(
         self,
         *,
         country_codes: _abc.Iterable[_builtins.str] | None = ...,
+        fire_on_profile_country_mismatch: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["country_codes", b"country_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["country_codes", b"country_codes", "fire_on_profile_country_mismatch", b"fire_on_profile_country_mismatch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,7 +585,9 @@ Global___ImpossibleTravelParameters: _TypeAlias = ImpossibleTravelParameters  # 
 class DeviceParameters(_message.Message):
     """DeviceParameters configure a DEVICE rule: it fires when one device has
     been used by more distinct users within the window than allowed, or, if so
-    configured, when the transaction has no device fingerprint.
+    configured, when the transaction has no device fingerprint, or when the
+    paying user has not used the device within the window. A rule sets at least
+    one of the three.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -570,13 +595,24 @@ class DeviceParameters(_message.Message):
     MAX_USERS_PER_DEVICE_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     FIRE_ON_MISSING_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    FIRE_ON_NEW_DEVICE_FOR_USER_FIELD_NUMBER: _builtins.int
     max_users_per_device: _builtins.int
-    """The most distinct users one device may serve within the window."""
+    """The most distinct users one device may serve within the window; 0 means
+    no such limit (the rule then needs one of the flags below).
+    """
     fire_on_missing_fingerprint: _builtins.bool
     """Whether a transaction without a device fingerprint fires the rule."""
+    fire_on_new_device_for_user: _builtins.bool
+    """Whether the rule fires when the paying user has no earlier transaction
+    from this device fingerprint within the window (a device never seen for
+    this user). Transactions that were declined do not count as seen. It
+    never fires without a user or without a device fingerprint.
+    """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
-        """The length of the window, up to 30 days."""
+        """The length of the window, up to 30 days: how far back distinct users
+        are counted, and how far back the user's own devices are remembered.
+        """
 
     def __init__(
         self,
@@ -584,10 +620,11 @@ class DeviceParameters(_message.Message):
         max_users_per_device: _builtins.int = ...,
         window: _duration_pb2.Duration | None = ...,
         fire_on_missing_fingerprint: _builtins.bool = ...,
+        fire_on_new_device_for_user: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_on_missing_fingerprint", b"fire_on_missing_fingerprint", "max_users_per_device", b"max_users_per_device", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_on_missing_fingerprint", b"fire_on_missing_fingerprint", "fire_on_new_device_for_user", b"fire_on_new_device_for_user", "max_users_per_device", b"max_users_per_device", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1411,3 +1411,77 @@ class GetMerchantForPaymentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMerchantForPaymentResponse: _TypeAlias = GetMerchantForPaymentResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhookEndpointsForDeliveryRequest(_message.Message):
+    """Request for MerchantsService.ListWebhookEndpointsForDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant whose endpoints to return."""
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookEndpointsForDeliveryRequest: _TypeAlias = ListWebhookEndpointsForDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookEndpointsForDeliveryResponse(_message.Message):
+    """Response for MerchantsService.ListWebhookEndpointsForDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookEndpointForDelivery]:
+        """The merchant's endpoints, oldest first, each with its signing secret."""
+
+    def __init__(
+        self,
+        *,
+        endpoints: _abc.Iterable[Global___WebhookEndpointForDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookEndpointsForDeliveryResponse: _TypeAlias = ListWebhookEndpointsForDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class WebhookEndpointForDelivery(_message.Message):
+    """A WebhookEndpointForDelivery is an endpoint with what signing needs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ENDPOINT_FIELD_NUMBER: _builtins.int
+    SIGNING_SECRET_FIELD_NUMBER: _builtins.int
+    signing_secret: _builtins.str
+    """The endpoint's signing secret, the HMAC-SHA256 key of every delivery."""
+    @_builtins.property
+    def webhook_endpoint(self) -> Global___WebhookEndpoint:
+        """The endpoint."""
+
+    def __init__(
+        self,
+        *,
+        webhook_endpoint: Global___WebhookEndpoint | None = ...,
+        signing_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook_endpoint", b"webhook_endpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_secret", b"signing_secret", "webhook_endpoint", b"webhook_endpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookEndpointForDelivery: _TypeAlias = WebhookEndpointForDelivery  # noqa: Y015

@@ -41,9 +41,11 @@ class MerchantsServiceStub:
     "merchants.interpay.dev".
 
     Public RPCs carry an HTTP rule and are reachable through the gateway.
-    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment) have none: only
-    the gateway's authentication filter, the payments service and the
-    orchestrator may call them, over mTLS inside the mesh.
+    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment,
+    ListWebhookEndpointsForDelivery) have none: only the gateway's
+    authentication filter, the payments service, the orchestrator and the
+    notifications service may call them (each only those it needs), over mTLS
+    inside the mesh.
     """
 
     def __init__(self, channel):
@@ -137,6 +139,11 @@ class MerchantsServiceStub:
                 request_serializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.GetMerchantForPaymentRequest.SerializeToString,
                 response_deserializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.GetMerchantForPaymentResponse.FromString,
                 _registered_method=True)
+        self.ListWebhookEndpointsForDelivery = channel.unary_unary(
+                '/interpay.merchants.v1.MerchantsService/ListWebhookEndpointsForDelivery',
+                request_serializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.ListWebhookEndpointsForDeliveryRequest.SerializeToString,
+                response_deserializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.ListWebhookEndpointsForDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class MerchantsServiceServicer:
@@ -155,9 +162,11 @@ class MerchantsServiceServicer:
     "merchants.interpay.dev".
 
     Public RPCs carry an HTTP rule and are reachable through the gateway.
-    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment) have none: only
-    the gateway's authentication filter, the payments service and the
-    orchestrator may call them, over mTLS inside the mesh.
+    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment,
+    ListWebhookEndpointsForDelivery) have none: only the gateway's
+    authentication filter, the payments service, the orchestrator and the
+    notifications service may call them (each only those it needs), over mTLS
+    inside the mesh.
     """
 
     def CreateMerchant(self, request, context):
@@ -306,6 +315,17 @@ class MerchantsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookEndpointsForDelivery(self, request, context):
+        """Internal. Returns a merchant's webhook endpoints with their signing
+        secrets, oldest first, so the notifications service can sign and send
+        deliveries. Deleted endpoints are not returned; a merchant without
+        endpoints (or unknown) has none. Only the notifications service may call
+        it; the secrets never leave it in an event, a log or a stored delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MerchantsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -394,6 +414,11 @@ def add_MerchantsServiceServicer_to_server(servicer, server):
                     request_deserializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.GetMerchantForPaymentRequest.FromString,
                     response_serializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.GetMerchantForPaymentResponse.SerializeToString,
             ),
+            'ListWebhookEndpointsForDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookEndpointsForDelivery,
+                    request_deserializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.ListWebhookEndpointsForDeliveryRequest.FromString,
+                    response_serializer=interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.ListWebhookEndpointsForDeliveryResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'interpay.merchants.v1.MerchantsService', rpc_method_handlers)
@@ -418,9 +443,11 @@ class MerchantsService:
     "merchants.interpay.dev".
 
     Public RPCs carry an HTTP rule and are reachable through the gateway.
-    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment) have none: only
-    the gateway's authentication filter, the payments service and the
-    orchestrator may call them, over mTLS inside the mesh.
+    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment,
+    ListWebhookEndpointsForDelivery) have none: only the gateway's
+    authentication filter, the payments service, the orchestrator and the
+    notifications service may call them (each only those it needs), over mTLS
+    inside the mesh.
     """
 
     @staticmethod
@@ -872,6 +899,33 @@ class MerchantsService:
             '/interpay.merchants.v1.MerchantsService/GetMerchantForPayment',
             interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.GetMerchantForPaymentRequest.SerializeToString,
             interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.GetMerchantForPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookEndpointsForDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interpay.merchants.v1.MerchantsService/ListWebhookEndpointsForDelivery',
+            interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.ListWebhookEndpointsForDeliveryRequest.SerializeToString,
+            interpay_dot_merchants_dot_v1_dot_merchants__service__pb2.ListWebhookEndpointsForDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

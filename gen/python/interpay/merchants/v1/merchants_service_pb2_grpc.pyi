@@ -42,9 +42,11 @@ class MerchantsServiceStub:
     "merchants.interpay.dev".
 
     Public RPCs carry an HTTP rule and are reachable through the gateway.
-    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment) have none: only
-    the gateway's authentication filter, the payments service and the
-    orchestrator may call them, over mTLS inside the mesh.
+    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment,
+    ListWebhookEndpointsForDelivery) have none: only the gateway's
+    authentication filter, the payments service, the orchestrator and the
+    notifications service may call them (each only those it needs), over mTLS
+    inside the mesh.
     """
 
     @_typing.overload
@@ -128,6 +130,13 @@ class MerchantsServiceStub:
     """Internal. Returns what a payment needs to know about its merchant: its
     state, settlement wallet and currency, and fee.
     """
+    ListWebhookEndpointsForDelivery: _grpc.UnaryUnaryMultiCallable[_merchants_service_pb2.ListWebhookEndpointsForDeliveryRequest, _merchants_service_pb2.ListWebhookEndpointsForDeliveryResponse]
+    """Internal. Returns a merchant's webhook endpoints with their signing
+    secrets, oldest first, so the notifications service can sign and send
+    deliveries. Deleted endpoints are not returned; a merchant without
+    endpoints (or unknown) has none. Only the notifications service may call
+    it; the secrets never leave it in an event, a log or a stored delivery.
+    """
 
 @_typing.type_check_only
 class MerchantsServiceAsyncStub(MerchantsServiceStub):
@@ -146,9 +155,11 @@ class MerchantsServiceAsyncStub(MerchantsServiceStub):
     "merchants.interpay.dev".
 
     Public RPCs carry an HTTP rule and are reachable through the gateway.
-    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment) have none: only
-    the gateway's authentication filter, the payments service and the
-    orchestrator may call them, over mTLS inside the mesh.
+    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment,
+    ListWebhookEndpointsForDelivery) have none: only the gateway's
+    authentication filter, the payments service, the orchestrator and the
+    notifications service may call them (each only those it needs), over mTLS
+    inside the mesh.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -229,6 +240,13 @@ class MerchantsServiceAsyncStub(MerchantsServiceStub):
     """Internal. Returns what a payment needs to know about its merchant: its
     state, settlement wallet and currency, and fee.
     """
+    ListWebhookEndpointsForDelivery: _aio.UnaryUnaryMultiCallable[_merchants_service_pb2.ListWebhookEndpointsForDeliveryRequest, _merchants_service_pb2.ListWebhookEndpointsForDeliveryResponse]  # type: ignore[assignment]
+    """Internal. Returns a merchant's webhook endpoints with their signing
+    secrets, oldest first, so the notifications service can sign and send
+    deliveries. Deleted endpoints are not returned; a merchant without
+    endpoints (or unknown) has none. Only the notifications service may call
+    it; the secrets never leave it in an event, a log or a stored delivery.
+    """
 
 class MerchantsServiceServicer(metaclass=_abc_1.ABCMeta):
     """MerchantsService owns merchants: their onboarding, the API keys they call
@@ -246,9 +264,11 @@ class MerchantsServiceServicer(metaclass=_abc_1.ABCMeta):
     "merchants.interpay.dev".
 
     Public RPCs carry an HTTP rule and are reachable through the gateway.
-    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment) have none: only
-    the gateway's authentication filter, the payments service and the
-    orchestrator may call them, over mTLS inside the mesh.
+    Internal RPCs (AuthenticateApiKey, GetMerchantForPayment,
+    ListWebhookEndpointsForDelivery) have none: only the gateway's
+    authentication filter, the payments service, the orchestrator and the
+    notifications service may call them (each only those it needs), over mTLS
+    inside the mesh.
     """
 
     @_abc_1.abstractmethod
@@ -428,6 +448,19 @@ class MerchantsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_merchants_service_pb2.GetMerchantForPaymentResponse, _abc.Awaitable[_merchants_service_pb2.GetMerchantForPaymentResponse]]:
         """Internal. Returns what a payment needs to know about its merchant: its
         state, settlement wallet and currency, and fee.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookEndpointsForDelivery(
+        self,
+        request: _merchants_service_pb2.ListWebhookEndpointsForDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_merchants_service_pb2.ListWebhookEndpointsForDeliveryResponse, _abc.Awaitable[_merchants_service_pb2.ListWebhookEndpointsForDeliveryResponse]]:
+        """Internal. Returns a merchant's webhook endpoints with their signing
+        secrets, oldest first, so the notifications service can sign and send
+        deliveries. Deleted endpoints are not returned; a merchant without
+        endpoints (or unknown) has none. Only the notifications service may call
+        it; the secrets never leave it in an event, a log or a stored delivery.
         """
 
 def add_MerchantsServiceServicer_to_server(servicer: MerchantsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,74 @@
+"""What a user is told about an event: the notification templates, pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from interpay.common.v1.money_pb2 import Money
+from interpay.payments.v1 import payments_service_pb2 as payments_pb
+from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
+
+# ISO-4217 minor-unit exponents that are not 2.
+_EXPONENTS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
+    "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+}  # fmt: skip
+
+
+def amount_text(money: Money) -> str:
+    """12345 EUR minor units -> "123.45 EUR" (integer arithmetic, no floats)."""
+    exponent = _EXPONENTS.get(money.currency, 2)
+    sign = "-" if money.amount_minor < 0 else ""
+    whole, fraction = divmod(abs(money.amount_minor), 10**exponent)
+    digits = f"{whole}.{fraction:0{exponent}d}" if exponent else str(whole)
+    return f"{sign}{digits} {money.currency}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    template: str
+    title: str
+    body: str
+
+
+def for_payment(event_type: str, payment: payments_pb.Payment) -> Rendered | None:
+    """The payer's notification for a payment event, or None if the event is not one a
+    payer hears about."""
+    what = event_type.rsplit(".", 1)[-1]
+    label = payment.description or payment.merchant_reference or "your payment"
+    if what == "PaymentCaptured":
+        return Rendered(
+            "payment_captured",
+            "Payment completed",
+            f"You paid {amount_text(payment.captured_amount)} for {label}.",
+        )
+    if what == "PaymentFailed":
+        return Rendered(
+            "payment_failed",
+            "Payment failed",
+            f"Your payment of {amount_text(payment.amount)} for {label} did not go through; "
+            "you were not charged.",
+        )
+    if what in ("PaymentRefunded", "PaymentPartiallyRefunded"):
+        return Rendered(
+            "payment_refunded",
+            "Refund received",
+            f"{amount_text(payment.refunded_amount)} of your payment for {label} has been refunded "
+            f"(of {amount_text(payment.captured_amount)} paid).",
+        )
+    return None
+
+
+def for_wallet_entry(event_type: str, entry: wallet_pb.WalletTransaction) -> Rendered | None:
+    """The wallet owner's notification for a ledger entry: transfers only (a payment's
+    entries are told through the payment's own events)."""
+    if entry.kind != wallet_pb.TRANSACTION_KIND_TRANSFER:
+        return None
+    amount = amount_text(Money(amount_minor=abs(entry.amount.amount_minor), currency=entry.amount.currency))
+    balance = amount_text(entry.balance_after)
+    if event_type.endswith(".FundsCredited"):
+        return Rendered("transfer_received", "Money received", f"You received {amount}. Balance: {balance}.")
+    if event_type.endswith(".FundsDebited"):
+        return Rendered("transfer_sent", "Money sent", f"You sent {amount}. Balance: {balance}.")
+    return None
