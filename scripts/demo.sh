@@ -52,7 +52,7 @@ echo "   the same request again (a client retry) returns the same transfer and m
 curl -sf -X POST "$gw/v1/transfers" -H "$op" -d "$body" | json "'   transfer ' + d['transfer']['transferId'] + ': ' + d['transfer']['state']"
 
 say "6. Ada tries to send more than she has: refused with a precise reason, nothing moves"
-code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -X POST "$gw/v1/transfers" -H "$op" -d "{\"transferId\":\"$(uuid)\",\"sourceWalletId\":\"$wa\",\"destinationWalletId\":\"$wb\",\"amount\":{\"amountMinor\":\"999999\",\"currency\":\"EUR\"}}")
+code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -X POST "$gw/v1/transfers" -H "$op" -d "{\"transferId\":\"$(uuid)\",\"sourceWalletId\":\"$wa\",\"destinationWalletId\":\"$wb\",\"amount\":{\"amountMinor\":\"9999\",\"currency\":\"EUR\"}}")
 echo "   HTTP $code: $(json "d['details'][0]['reason'] + ' - ' + d['message']" < /tmp/interpay-demo.json)"
 
 say "7. Bad input names the field (HTTP 400 with google.rpc.BadRequest)"
@@ -71,9 +71,51 @@ echo "   no credential, GET /v1/wallets/<Ben's>: HTTP $code $(json "d['details']
 code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -H "authorization: Bearer $token" "$gw/v1/wallets/$wb")
 echo "   Ada's token, GET /v1/wallets/<Ben's>: HTTP $code $(json "d['details'][0]['reason']" < /tmp/interpay-demo.json) (as if it did not exist)"
 
-say "10. What is still to come says so (payments, payouts, fraud arrive with their issues)"
-code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -H "$op" "$gw/v1/payments/$(uuid)")
-echo "   GET /v1/payments/...: HTTP $code $(json "d['message']" < /tmp/interpay-demo.json)"
+say "10. An operator onboards a shop; it gets a settlement wallet and an API key (secret shown once)"
+shop=$(curl -sf -X POST "$gw/v1/merchants" -H "$op" -d '{"legalName":"Corner Shop GmbH","displayName":"Corner Shop","contactEmail":"ops@corner.example","countryCode":"DE","settlementCurrency":"EUR","feeBps":290,"payoutAccount":{"holderName":"Corner Shop GmbH","iban":"DE89370400440532013000","countryCode":"DE"}}' | json "d['merchant']['merchantId']")
+settlement=$(curl -sf -X POST "$gw/v1/merchants/$shop:activate" -H "$op" -d '{}' | json "d['merchant']['settlementWalletId']")
+key=$(curl -sf -X POST "$gw/v1/merchants/$shop/apiKeys" -H "$op" -d '{"scopes":["API_KEY_SCOPE_PAYMENTS_READ","API_KEY_SCOPE_PAYMENTS_WRITE","API_KEY_SCOPE_REFUNDS_WRITE"]}' | json "d['apiKey']['publicId'] + '.' + d['secret']")
+sk="authorization: ApiKey $key"
+echo "   shop $shop, settlement wallet $settlement, API key ${key%%.*}.<secret>"
+
+say "11. The shop charges Ada's wallet EUR 40.00, manual capture: fraud check, then a hold"
+pay() { curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -X POST "$gw/v1/payments" -H "$sk" -H "Idempotency-Key: $1" -d "$2"; }
+show "curl -X POST $gw/v1/payments -H 'authorization: ApiKey <key>' -H 'Idempotency-Key: <uuid>' -d '{\"merchantId\": ..., \"payerWalletId\": ..., \"amount\": {\"amountMinor\": \"4000\", ...}, \"captureMethod\": \"CAPTURE_METHOD_MANUAL\"}'"
+code=$(pay "$(uuid)" "{\"merchantId\":\"$shop\",\"payerWalletId\":\"$wa\",\"payerUserId\":\"$ada\",\"amount\":{\"amountMinor\":\"4000\",\"currency\":\"EUR\"},\"captureMethod\":\"CAPTURE_METHOD_MANUAL\",\"description\":\"order 1001\"}")
+pid=$(json "d['payment']['paymentId']" < /tmp/interpay-demo.json)
+echo "   HTTP $code: payment $pid is $(json "d['payment']['state'] + ', fraud ' + d['payment']['fraudAssessment']['decision'] + ' (score ' + str(d['payment']['fraudAssessment']['riskScore']) + ')'" < /tmp/interpay-demo.json)"
+echo "   Ada's wallet: $(curl -sf -H "$op" "$gw/v1/wallets/$wa" | json "'available ' + d['wallet']['available']['amountMinor'] + ', held ' + d['wallet']['pending']['amountMinor']")"
+
+say "12. The shop captures EUR 30.00 of it (the rest is released), then refunds EUR 10.00"
+curl -sf -X POST "$gw/v1/payments/$pid:capture" -H "$sk" -d '{"amount":{"amountMinor":"3000","currency":"EUR"}}' | json "'   ' + d['payment']['state'] + ': captured ' + d['payment']['capturedAmount']['amountMinor'] + ', fee ' + d['payment']['feeAmount']['amountMinor']"
+curl -sf -X POST "$gw/v1/payments/$pid/refunds" -H "$sk" -H "Idempotency-Key: $(uuid)" -d '{"amount":{"amountMinor":"1000","currency":"EUR"},"reason":"one item returned"}' | json "'   refund ' + d['refund']['refundId'] + ': ' + d['refund']['state']"
+echo "   the payment's history: $(curl -sf -H "$sk" "$gw/v1/payments/$pid/transactions" | json "' -> '.join([d['transactions'][0]['fromState'].removeprefix('STATE_')] + [t['toState'].removeprefix('STATE_') for t in d['transactions']])")"
+echo "   Ada's wallet: $(curl -sf -H "$op" "$gw/v1/wallets/$wa" | json "'available ' + d['wallet']['available']['amountMinor'] + ', held ' + d['wallet']['pending']['amountMinor']"); the shop's: $(curl -sf -H "$op" "$gw/v1/wallets/$settlement" | json "d['wallet']['balance']['amountMinor']")"
+
+say "13. A card payment: the vault tokenises the card, the processor simulator authorises it"
+card=$(curl -sf -X POST "$gw/v1/cards:tokenize" -H "$sk" -d '{"pan":"5555555555554444","expiryMonth":12,"expiryYear":2031,"cardholderName":"Ben Example"}')
+ctoken=$(echo "$card" | json "d['card']['token']")
+echo "   token $ctoken ($(echo "$card" | json "d['card']['brand'] + ' ending ' + d['card']['last4']"); the number itself stays in the vault)"
+code=$(pay "$(uuid)" "{\"merchantId\":\"$shop\",\"cardToken\":\"$ctoken\",\"cvv\":\"123\",\"amount\":{\"amountMinor\":\"1999\",\"currency\":\"EUR\"}}")
+echo "   HTTP $code: $(json "d['payment']['state'] + ', processor reference ' + d['payment']['processorReference']" < /tmp/interpay-demo.json)"
+declined=$(curl -sf -X POST "$gw/v1/cards:tokenize" -H "$sk" -d '{"pan":"4000000000009995","expiryMonth":12,"expiryYear":2031}' | json "d['card']['token']")
+code=$(pay "$(uuid)" "{\"merchantId\":\"$shop\",\"cardToken\":\"$declined\",\"cvv\":\"123\",\"amount\":{\"amountMinor\":\"1999\",\"currency\":\"EUR\"}}")
+echo "   test card 4000 0000 0000 9995: HTTP $code $(json "d['details'][0]['reason'] + ' - ' + d['message']" < /tmp/interpay-demo.json)"
+
+say "14. A fraudulent attempt: the payer is on the blacklist, so the fraud rules decline"
+mallory=$(uuid)
+curl -sf -X POST "$gw/v1/blacklist" -H "$op" -d "{\"entryType\":\"BLACKLIST_ENTRY_TYPE_USER\",\"value\":\"$mallory\",\"reason\":\"chargebacks on stolen cards\"}" >/dev/null
+code=$(pay "$(uuid)" "{\"merchantId\":\"$shop\",\"payerWalletId\":\"$wa\",\"payerUserId\":\"$mallory\",\"amount\":{\"amountMinor\":\"500\",\"currency\":\"EUR\"}}")
+fid=$(json "d['details'][0]['metadata']['payment_id']" < /tmp/interpay-demo.json)
+echo "   HTTP $code $(json "d['details'][0]['reason']" < /tmp/interpay-demo.json); the shop reads why: $(curl -sf -H "$sk" "$gw/v1/payments/$fid" | json "d['payment']['fraudAssessment']['decision'] + ' - ' + '; '.join(d['payment']['fraudAssessment']['reasons'])")"
+
+say "15. Ben pays EUR 20.00 out to his bank: hold, payout rail, capture to payout clearing"
+code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -X POST "$gw/v1/payouts" -H "$op" -d "{\"payoutId\":\"$(uuid)\",\"sourceWalletId\":\"$wb\",\"destination\":{\"holderName\":\"Ben Example\",\"iban\":\"DE89370400440532013000\",\"countryCode\":\"DE\"},\"amount\":{\"amountMinor\":\"2000\",\"currency\":\"EUR\"}}")
+echo "   HTTP $code: payout $(json "d['payout']['payoutId'] + ' ' + d['payout']['state']" < /tmp/interpay-demo.json)"
+echo "   Ben's balance now: $(curl -sf -H "authorization: Bearer $ben_token" "$gw/v1/wallets/$wb" | json "d['wallet']['balance']['amountMinor'] + ' ' + d['wallet']['balance']['currency']")"
+
+say "16. The ledger still balances: every wallet's entries sum to its balance"
+curl -sf -X POST "$gw/v1/ledger:reconcile" -H "$op" -d '{}' | json "'   %s wallets, %s ledger transactions checked; mismatches: %s' % (d['walletsChecked'], d['transactionsChecked'], len(d.get('mismatchedWalletIds', [])) + len(d.get('unbalancedTransactionIds', [])))"
 
 cat <<EOF2
 
