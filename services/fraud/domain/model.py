@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.framework.errors import FailedPrecondition, NotFound
+from services.framework.idempotency import IdempotencyKey, IdempotencyKeyReused  # noqa: F401 - re-exported
 
 BASIS_POINTS = 10_000  # weights, confidences and scores are all in basis points
 
@@ -304,26 +305,6 @@ class BlacklistEntryNotFound(NotFound):
 
     def __init__(self, entry_id: uuid.UUID) -> None:
         super().__init__(f"blacklist entry {entry_id} does not exist", metadata={"entry_id": str(entry_id)})
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """A creating call's Idempotency-Key, scoped to its RPC, with a hash of the request so
-    that the same key with a different request is refused rather than replayed."""
-
-    rpc: str
-    key: str
-    request_hash: bytes
-
-
-class IdempotencyKeyReused(FailedPrecondition):
-    default_reason = "IDEMPOTENCY_MISMATCH"
-
-    def __init__(self, key: IdempotencyKey) -> None:
-        super().__init__(
-            f"Idempotency-Key {key.key!r} was already used for a different {key.rpc} request",
-            metadata={"idempotency_key": key.key, "rpc": key.rpc},
-        )
 
 
 class ReferenceReused(FailedPrecondition):

@@ -8,11 +8,11 @@ from datetime import UTC
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import Message
 from interpay.common.v1.money_pb2 import Money as MoneyPb
 from interpay.fraud.v1 import fraud_service_pb2 as pb
 
 from services.framework.errors import FieldViolation, InvalidArgument
+from services.framework.idempotency import for_request as idempotency_key
 from services.framework.proto import timestamp
 from services.fraud.domain.model import (
     AmountParams,
@@ -23,7 +23,6 @@ from services.fraud.domain.model import (
     DeviceParams,
     FraudCheck,
     FraudRule,
-    IdempotencyKey,
     ImpossibleTravelParams,
     KycLevelLimit,
     KycLimitParams,
@@ -307,23 +306,6 @@ def thresholds_pb(t: Thresholds) -> pb.FraudThresholds:
     if t.updated_at is not None:
         out.update_time.CopyFrom(timestamp(t.updated_at))
     return out
-
-
-IDEMPOTENCY_HEADER = "idempotency-key"
-
-
-def idempotency_key(context: Any, rpc: str, request: Message) -> IdempotencyKey | None:
-    """The client's Idempotency-Key (the HTTP header reaches us as gRPC metadata)."""
-    values = [v for k, v in context.invocation_metadata() or () if k == IDEMPOTENCY_HEADER]
-    if not values:
-        return None
-    key = values[-1]
-    if not 1 <= len(key) <= 255 or len(set(values)) > 1:
-        raise InvalidArgument(
-            "invalid request: Idempotency-Key must be one value of 1 to 255 characters",
-            field_violations=[FieldViolation("Idempotency-Key", "must be one value of 1 to 255 characters")],
-        )
-    return IdempotencyKey(rpc, key, hashlib.sha256(request.SerializeToString(deterministic=True)).digest())
 
 
 def rule_changes(request: pb.UpdateFraudRuleRequest, rule_type: RuleType) -> RuleChanges:

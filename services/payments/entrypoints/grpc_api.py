@@ -12,18 +12,11 @@ from typing import Any
 from interpay.common.v1.money_pb2 import Money
 from interpay.payments.v1 import payments_service_pb2 as pb
 
+from services.framework import idempotency
 from services.framework.edge_auth import Kind, current_principal
 from services.framework.proto import timestamp
 from services.payments.domain.model import Payment, PaymentNotFound, Refund, RefundNotFound, State
 from services.payments.service_layer.payments import Payments, request_hash
-
-
-def idempotency_key(context: Any) -> str | None:
-    """The client's `Idempotency-Key` HTTP header, which Envoy passes on as gRPC metadata."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "idempotency-key" and value:
-            return str(value)[:255]
-    return None
 
 
 def _may_see(payment: Payment) -> bool:
@@ -97,7 +90,7 @@ class PaymentServicer:
         return payment
 
     async def CreatePayment(self, request: pb.CreatePaymentRequest, context: Any) -> pb.CreatePaymentResponse:
-        payment = await self.payments.create(request, idempotency_key(context))
+        payment = await self.payments.create(request, idempotency.header(context))
         return pb.CreatePaymentResponse(payment=payment_pb(payment))
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Any) -> pb.GetPaymentResponse:
@@ -135,7 +128,7 @@ class PaymentServicer:
             uuid.UUID(request.payment_id),
             request.amount.amount_minor,
             request.reason,
-            idempotency_key(context),
+            idempotency.header(context),
             request_hash(request),
         )
         return pb.RefundPaymentResponse(refund=refund_pb(refund))

@@ -8,7 +8,7 @@ from typing import Any
 
 from interpay.vault.v1 import vault_service_pb2 as pb
 
-from services.framework.errors import FieldViolation, InvalidArgument
+from services.framework import idempotency
 from services.framework.identity import identify
 from services.framework.proto import timestamp
 from services.vault.domain.card import Card, CardBrand, CardSecret
@@ -48,19 +48,6 @@ def data_key_pb(key: DataKey) -> pb.DataKey:
     return message
 
 
-def idempotency_key(context: Any) -> str:
-    """The client's Idempotency-Key (the HTTP header, or `idempotency-key` metadata)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "idempotency-key":
-            if not (1 <= len(value) <= 255 and value.isprintable()):
-                raise InvalidArgument(
-                    "the Idempotency-Key must be 1 to 255 printable characters",
-                    field_violations=[FieldViolation("Idempotency-Key", "1 to 255 printable characters")],
-                )
-            return str(value)
-    return ""
-
-
 class VaultServicer:
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
@@ -74,7 +61,7 @@ class VaultServicer:
                 cardholder_name=request.cardholder_name,
             ),
             caller=str(identify(context)),
-            idempotency_key=idempotency_key(context),
+            idempotency_key=idempotency.header(context) or "",
         )
         return pb.TokenizeCardResponse(card=card_pb(card))
 
