@@ -9,10 +9,10 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from interpay.merchants.v1 import merchants_service_pb2 as merchants_pb
-from interpay.merchants.v1 import merchants_service_pb2_grpc as merchants_grpc
 from interpay.notifications.v1 import notifications_service_pb2 as notifications_pb
 from interpay.notifications.v1 import notifications_service_pb2_grpc as notifications_grpc
+from interpay.payments.v1 import payments_service_pb2 as payments_pb
+from interpay.payments.v1 import payments_service_pb2_grpc as payments_grpc
 from interpay.users.v1 import users_service_pb2 as users_pb
 from interpay.users.v1 import users_service_pb2_grpc as users_grpc
 from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
@@ -64,20 +64,18 @@ def test_grpcurl_describes_a_method_from_reflection(profile) -> None:  # type: i
 
 
 def test_an_unimplemented_rpc_says_so_over_grpc(channel, new_id) -> None:  # type: ignore[no-untyped-def]
-    # The merchants' settlements arrive with their own issue.
-    stub = merchants_grpc.MerchantsServiceStub(channel("merchants"))
+    # Saved payment methods arrive with their own issue.
+    stub = payments_grpc.PaymentServiceStub(channel("payments"))
     with pytest.raises(grpc.RpcError) as err:
-        stub.GetSettlement(
-            merchants_pb.GetSettlementRequest(merchant_id=new_id(), settlement_id=new_id()), timeout=5
-        )
+        stub.ListPaymentMethods(payments_pb.ListPaymentMethodsRequest(user_id=new_id()), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetSettlement is declared in the contract but not implemented yet" in err.value.details()
+    assert "ListPaymentMethods is declared in the contract but not implemented yet" in err.value.details()
     info, _ = rpc_details(err.value)
     assert info is not None and info.reason == "NOT_IMPLEMENTED"
 
 
 def test_an_unimplemented_rpc_says_so_over_http(gateway: httpx.Client, new_id) -> None:  # type: ignore[no-untyped-def]
-    reply = gateway.get(f"/v1/merchants/{new_id()}/settlements/{new_id()}")
+    reply = gateway.get(f"/v1/users/{new_id()}/paymentMethods")
     assert reply.status_code == 501
     info, _ = http_details(reply.json())
     assert info is not None and info["reason"] == "NOT_IMPLEMENTED"

@@ -961,19 +961,33 @@ def test_bad_api_key_input_is_invalid_argument(merchants: MerchantsServiceStub) 
     assert [v.field for v in rpc_details(err)[1]] == ["overlap"]
 
 
-def test_settlements_are_not_implemented_yet(merchants: MerchantsServiceStub) -> None:
+def test_the_settlement_rpcs_answer_over_grpc(merchants: MerchantsServiceStub) -> None:
+    # Settlements themselves: tests/integration/test_settlements.py.
     merchant = active_merchant(merchants)
-    for call in (
-        lambda: merchants.RunSettlement(pb.RunSettlementRequest(settlement_date="2026-01-01"), timeout=10),
-        lambda: merchants.ListSettlements(
-            pb.ListSettlementsRequest(merchant_id=merchant.merchant_id), timeout=10
-        ),
+    day = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    run = merchants.RunSettlement(
+        pb.RunSettlementRequest(settlement_date=day, merchant_id=merchant.merchant_id), timeout=10
+    )
+    [settlement] = run.settlements
+    assert settlement.settlement_date == day and settlement.net.amount_minor == 0
+    assert settlement.state == pb.Settlement.STATE_PAID_OUT and not settlement.payout_id
+    listed = merchants.ListSettlements(
+        pb.ListSettlementsRequest(merchant_id=merchant.merchant_id), timeout=10
+    )
+    assert [s.settlement_id for s in listed.settlements] == [settlement.settlement_id]
+    got = merchants.GetSettlement(
+        pb.GetSettlementRequest(merchant_id=merchant.merchant_id, settlement_id=settlement.settlement_id),
+        timeout=10,
+    )
+    assert got.settlement == settlement
+    refusal(
         lambda: merchants.GetSettlement(
             pb.GetSettlementRequest(merchant_id=merchant.merchant_id, settlement_id=str(uuid.uuid4())),
             timeout=10,
         ),
-    ):
-        refusal(call, grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+        grpc.StatusCode.NOT_FOUND,
+        "SETTLEMENT_NOT_FOUND",
+    )
 
 
 def test_the_internal_rpcs_are_not_reachable_through_the_gateway(gateway) -> None:  # type: ignore[no-untyped-def]

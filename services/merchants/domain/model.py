@@ -27,6 +27,7 @@ from services.framework.errors import (
     Unauthenticated,
     build_status,
 )
+from services.framework.idempotency import IdempotencyKey, IdempotencyKeyReused  # noqa: F401 - re-exported
 
 # -- merchants --------------------------------------------------------------------------
 
@@ -348,23 +349,3 @@ def check_event_types(event_types: Sequence[str], publishers: Collection[str]) -
 
 
 # -- Idempotency-Key --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """A create call's client key, scoped to its RPC, with a fingerprint of the request
-    so that the same key with a different request is refused rather than replayed."""
-
-    rpc: str
-    key: str
-    request_hash: bytes
-
-
-class IdempotencyKeyReused(FailedPrecondition):
-    default_reason = "IDEMPOTENCY_MISMATCH"
-
-    def __init__(self, key: IdempotencyKey) -> None:
-        super().__init__(
-            f"Idempotency-Key {key.key!r} was already used for a different {key.rpc} request",
-            metadata={"idempotency_key": key.key, "rpc": key.rpc},
-        )

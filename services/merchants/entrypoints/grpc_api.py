@@ -1,52 +1,31 @@
-"""The MerchantsService servicer: proto in -> use case -> proto out. Nothing else lives here.
-
-ListSettlements, GetSettlement and RunSettlement are not defined: there are no captured
-payments to settle until the payments issue lands, so they answer UNIMPLEMENTED.
-"""
+"""The MerchantsService servicer: proto in -> use case -> proto out. Nothing else lives here."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.message import Message
+from interpay.common.v1.money_pb2 import Money
 from interpay.merchants.v1 import merchants_service_pb2 as pb
 from interpay.transfers.v1 import transfers_service_pb2 as transfers_pb
 
-from services.framework.errors import FieldViolation, InvalidArgument
+from services.framework.idempotency import for_request as idempotency_key
 from services.framework.proto import timestamp
 from services.merchants.domain.model import (
     ApiKey,
     ApiKeyScope,
-    IdempotencyKey,
     Merchant,
     MerchantState,
     OnboardMerchant,
     PayoutAccount,
     WebhookEndpoint,
 )
+from services.merchants.domain.settlement import Settlement
 from services.merchants.service_layer.api_keys import ApiKeys
 from services.merchants.service_layer.onboarding import Merchants
+from services.merchants.service_layer.settlements import Settlements, parse_day
 from services.merchants.service_layer.webhooks import WebhookEndpoints
-
-IDEMPOTENCY_HEADER = "idempotency-key"
-
-
-def idempotency_key(context: Any, rpc: str, request: Message) -> IdempotencyKey | None:
-    """The client's Idempotency-Key (the HTTP header reaches us as gRPC metadata)."""
-    values = [v for k, v in context.invocation_metadata() or () if k == IDEMPOTENCY_HEADER]
-    if not values:
-        return None
-    key = values[-1]
-    if not 1 <= len(key) <= 255 or len(set(values)) > 1:
-        raise InvalidArgument(
-            "invalid request: Idempotency-Key must be one value of 1 to 255 characters",
-            field_violations=[FieldViolation("Idempotency-Key", "must be one value of 1 to 255 characters")],
-        )
-    fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
-    return IdempotencyKey(rpc, key, fingerprint)
 
 
 def payout_account_pb(account: PayoutAccount) -> transfers_pb.ExternalAccount:
@@ -123,11 +102,34 @@ def webhook_endpoint_pb(e: WebhookEndpoint) -> pb.WebhookEndpoint:
     )
 
 
+def settlement_pb(s: Settlement) -> pb.Settlement:
+    def money(amount_minor: int) -> Money:
+        return Money(amount_minor=amount_minor, currency=s.currency)
+
+    return pb.Settlement(
+        settlement_id=str(s.settlement_id),
+        merchant_id=str(s.merchant_id),
+        settlement_date=s.settlement_date.isoformat(),
+        gross_captured=money(s.gross_captured_minor),
+        refunds=money(s.refunds_minor),
+        fees=money(s.fees_minor),
+        net=money(s.net_minor),
+        state=pb.Settlement.State.Value(f"STATE_{s.state.value}"),
+        payout_id=str(s.payout_id or ""),
+        failure_reason=s.failure_reason,
+        create_time=timestamp(s.created_at),
+        update_time=timestamp(s.updated_at),
+    )
+
+
 class MerchantsServicer:
-    def __init__(self, merchants: Merchants, api_keys: ApiKeys, webhooks: WebhookEndpoints) -> None:
+    def __init__(
+        self, merchants: Merchants, api_keys: ApiKeys, webhooks: WebhookEndpoints, settlements: Settlements
+    ) -> None:
         self.merchants = merchants
         self.api_keys = api_keys
         self.webhooks = webhooks
+        self.settlements = settlements
 
     # -- merchants ----------------------------------------------------------------------
     async def CreateMerchant(
@@ -271,3 +273,25 @@ class MerchantsServicer:
     ) -> pb.DeleteWebhookEndpointResponse:
         await self.webhooks.delete(uuid.UUID(request.merchant_id), uuid.UUID(request.endpoint_id))
         return pb.DeleteWebhookEndpointResponse()
+
+    # -- settlements --------------------------------------------------------------------
+    async def ListSettlements(
+        self, request: pb.ListSettlementsRequest, context: Any
+    ) -> pb.ListSettlementsResponse:
+        rows, token = await self.settlements.list(
+            uuid.UUID(request.merchant_id), request.page_size, request.page_token
+        )
+        return pb.ListSettlementsResponse(settlements=[settlement_pb(s) for s in rows], next_page_token=token)
+
+    async def GetSettlement(self, request: pb.GetSettlementRequest, context: Any) -> pb.GetSettlementResponse:
+        settlement = await self.settlements.get(
+            uuid.UUID(request.merchant_id), uuid.UUID(request.settlement_id)
+        )
+        return pb.GetSettlementResponse(settlement=settlement_pb(settlement))
+
+    async def RunSettlement(self, request: pb.RunSettlementRequest, context: Any) -> pb.RunSettlementResponse:
+        done = await self.settlements.run(
+            parse_day(request.settlement_date),
+            uuid.UUID(request.merchant_id) if request.merchant_id else None,
+        )
+        return pb.RunSettlementResponse(settlements=[settlement_pb(s) for s in done])
