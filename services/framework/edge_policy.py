@@ -15,7 +15,7 @@ and then asks this table:
 merchant's): a mismatch is PERMISSION_DENIED, refused whether or not the other id exists,
 so nothing leaks. A list whose filter field is left empty gets it filled with the caller's
 id. Ownership of a resource named by its own id (a wallet, a payment) cannot be read from
-the request: the wallet and payments handlers check it against the principal
+the request: the wallet, payments and transfers handlers check it against the principal
 (`edge_auth.current_principal()`) and answer NOT_FOUND for another's.
 """
 
@@ -130,11 +130,18 @@ POLICY: dict[str, dict[str, Rule]] = {
         "ListNotifications": _rules(user("user_id", fill_owner=True)),
         "ListWebhookDeliveries": _rules(merchant(WEBHOOKS_WRITE, owner_field="merchant_id", fill_owner=True)),
     },
-    # Transfers and payouts move money out of a wallet named in the request; until the
-    # transfers service checks that wallet's owner, they are for operators and services
-    # (the orchestrator, merchants' payouts) only. Fraud administration and saga
-    # inspection are operators' work.
-    "interpay.transfers.v1.TransfersService": {},
+    "interpay.transfers.v1.TransfersService": {
+        # The transfers handlers check that a user's source wallet is theirs (another's is
+        # WALLET_NOT_FOUND) and show a user only the transfers and payouts of their wallets.
+        "CreateTransfer": _rules(user()),
+        "GetTransfer": _rules(user()),
+        "ListTransfers": _rules(user()),
+        "CreatePayout": _rules(user()),
+        "GetPayout": _rules(user()),
+        "ListPayouts": _rules(user()),
+        # RecordTransferOutcome, RecordPayoutOutcome: internal (the orchestrator).
+    },
+    # Fraud administration and saga inspection are operators' work.
     "interpay.fraud.v1.FraudService": {},
     "interpay.orchestrator.v1.OrchestratorService": {},
 }

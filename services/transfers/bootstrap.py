@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interpay.orchestrator.v1.orchestrator_service_pb2_grpc import OrchestratorServiceStub
+from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
@@ -23,6 +24,7 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     transfers = Transfers(
         db,
         peers.stub("orchestrator", OrchestratorServiceStub),
+        peers.stub("wallet", WalletServiceStub),
         saga_deadline_seconds=float(integer("INTERPAY_SAGA_DEADLINE_SECONDS", 30)),
     )
     stale_after = float(integer("INTERPAY_TRANSFER_RESUME_AFTER_SECONDS", 60))

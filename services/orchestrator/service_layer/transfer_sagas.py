@@ -165,6 +165,10 @@ class TransferSagas:
                 amount=ctx.input.amount,
                 payment_method_kind=method,  # type: ignore[arg-type]
                 occur_time=_timestamp(ctx.started_at),
+                # A user's device and IP, derived at the edge; empty for an operator's or a
+                # service's transfer or payout.
+                device_fingerprint=ctx.input.client_context.device_fingerprint,
+                ip_address=ctx.input.client_context.ip_address,
             )
         )
         check = reply.fraud_check

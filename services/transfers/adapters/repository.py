@@ -13,21 +13,27 @@ from services.transfers.domain.model import Payout, PayoutRequest, Transfer, Tra
 _TRANSFER_COLUMNS = (
     "transfer_id, source_wallet_id, destination_wallet_id, amount, currency, description, "
     "state, failure_code, failure_reason, failure_message, failure_metadata, ledger_transaction_id, "
-    "created_at, updated_at"
+    "created_at, updated_at, client_context"
 )
 _PAYOUT_COLUMNS = (
     "payout_id, source_wallet_id, destination, amount, currency, state, failure_code, "
     "failure_reason, failure_message, failure_metadata, rail_reference, ledger_transaction_id, "
-    "created_at, updated_at"
+    "created_at, updated_at, client_context"
 )
 
 
+def _client(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
 def _transfer(row: dict[str, Any]) -> Transfer:
-    return Transfer(**row)
+    return Transfer(**{**row, "client_context": _client(row["client_context"])})
 
 
 def _payout(row: dict[str, Any]) -> Payout:
-    return Payout(**{**row, "destination": bytes(row["destination"])})
+    return Payout(
+        **{**row, "destination": bytes(row["destination"]), "client_context": _client(row["client_context"])}
+    )
 
 
 def _page(before: tuple[str, str] | None, limit: int, **extra: Any) -> dict[str, Any]:
@@ -47,7 +53,7 @@ class TransferRepository:
     async def insert_or_get(self, request: TransferRequest) -> Transfer:
         await self.conn.execute(
             "INSERT INTO transfers (transfer_id, source_wallet_id, destination_wallet_id, amount, "
-            "currency, description) VALUES (%s, %s, %s, %s, %s, %s) "
+            "currency, description, client_context) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (transfer_id) DO NOTHING",
             (
                 request.transfer_id,
@@ -56,6 +62,7 @@ class TransferRepository:
                 request.amount,
                 request.currency,
                 request.description,
+                request.client_context or None,
             ),
         )
         found = await self.get(request.transfer_id)
@@ -103,28 +110,31 @@ class TransferRepository:
         return _transfer(row) if row else None
 
     async def list_for_wallet(
-        self, wallet_id: uuid.UUID | None, limit: int, before: tuple[str, str] | None
+        self, wallet_ids: list[uuid.UUID] | None, limit: int, before: tuple[str, str] | None
     ) -> list[Transfer]:
+        """Newest first; with `wallet_ids`, those from or to one of them."""
         cur = await self.conn.execute(
             f"SELECT {_TRANSFER_COLUMNS} FROM transfers "
-            f"WHERE (%(w)s::uuid IS NULL OR source_wallet_id = %(w)s OR destination_wallet_id = %(w)s) "
+            f"WHERE (%(w)s::uuid[] IS NULL OR source_wallet_id = ANY(%(w)s) "
+            f"OR destination_wallet_id = ANY(%(w)s)) "
             f"AND (%(bt)s::timestamptz IS NULL OR (created_at, transfer_id) < (%(bt)s, %(bi)s::uuid)) "
             f"ORDER BY created_at DESC, transfer_id DESC LIMIT %(limit)s",
-            _page(before, limit, w=wallet_id),
+            _page(before, limit, w=wallet_ids),
         )
         return [_transfer(r) for r in await cur.fetchall()]
 
     # -- payouts --------------------------------------------------------------------------
     async def insert_or_get_payout(self, request: PayoutRequest) -> Payout:
         await self.conn.execute(
-            "INSERT INTO payouts (payout_id, source_wallet_id, destination, amount, currency) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (payout_id) DO NOTHING",
+            "INSERT INTO payouts (payout_id, source_wallet_id, destination, amount, currency, "
+            "client_context) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (payout_id) DO NOTHING",
             (
                 request.payout_id,
                 request.source_wallet_id,
                 request.destination,
                 request.amount,
                 request.currency,
+                request.client_context or None,
             ),
         )
         found = await self.get_payout(request.payout_id)
@@ -171,14 +181,15 @@ class TransferRepository:
         return _payout(row) if row else None
 
     async def list_payouts(
-        self, wallet_id: uuid.UUID | None, limit: int, before: tuple[str, str] | None
+        self, wallet_ids: list[uuid.UUID] | None, limit: int, before: tuple[str, str] | None
     ) -> list[Payout]:
+        """Newest first; with `wallet_ids`, those from one of them."""
         cur = await self.conn.execute(
             f"SELECT {_PAYOUT_COLUMNS} FROM payouts "
-            f"WHERE (%(w)s::uuid IS NULL OR source_wallet_id = %(w)s) "
+            f"WHERE (%(w)s::uuid[] IS NULL OR source_wallet_id = ANY(%(w)s)) "
             f"AND (%(bt)s::timestamptz IS NULL OR (created_at, payout_id) < (%(bt)s, %(bi)s::uuid)) "
             f"ORDER BY created_at DESC, payout_id DESC LIMIT %(limit)s",
-            _page(before, limit, w=wallet_id),
+            _page(before, limit, w=wallet_ids),
         )
         return [_payout(r) for r in await cur.fetchall()]
 

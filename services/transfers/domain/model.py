@@ -22,6 +22,9 @@ class TransferRequest:
     amount: int
     currency: str
     description: str
+    # The user's ClientContext (deterministic encoding), b"" for an operator or a service:
+    # kept as first given, never compared on a retry.
+    client_context: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Transfer:
     ledger_transaction_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
+    client_context: bytes | None = None
 
     @property
     def saga_reference(self) -> str:
@@ -58,6 +62,7 @@ class PayoutRequest:
     destination: bytes  # ExternalAccount, deterministic encoding
     amount: int
     currency: str
+    client_context: bytes = b""  # as TransferRequest's
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Payout:
     ledger_transaction_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
+    client_context: bytes | None = None
 
     @property
     def saga_reference(self) -> str:
@@ -124,6 +130,16 @@ class TransferNotFound(NotFound):
 
     def __init__(self, transfer_id: uuid.UUID) -> None:
         super().__init__(f"transfer {transfer_id} does not exist", metadata={"transfer_id": str(transfer_id)})
+
+
+class WalletNotFound(NotFound):
+    """A wallet that does not exist, or that the calling user does not own: both are
+    answered the same, so another's wallet is not revealed."""
+
+    default_reason = "WALLET_NOT_FOUND"
+
+    def __init__(self, wallet_id: uuid.UUID | str) -> None:
+        super().__init__(f"wallet {wallet_id} does not exist", metadata={"wallet_id": str(wallet_id)})
 
 
 class PayoutNotFound(NotFound):

@@ -1,4 +1,6 @@
-"""The TransfersService servicer: proto in -> use case -> proto out."""
+"""The TransfersService servicer: proto in -> use case -> proto out. A user principal is
+restricted to their own wallets (see service_layer/transfers.py) and brings their device
+and IP (services/framework/edge_context.py); operators and services see everything."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from typing import Any
 from interpay.common.v1.money_pb2 import Money
 from interpay.transfers.v1 import transfers_service_pb2 as pb
 
+from services.framework.edge_auth import Kind, current_principal
+from services.framework.edge_context import client_context
 from services.framework.proto import timestamp
 from services.transfers.domain.model import Payout, PayoutRequest, Transfer, TransferRequest
-from services.transfers.service_layer.transfers import Transfers, request_hash
+from services.transfers.service_layer.transfers import Transfers, encode_client, request_hash
 
 
 def transfer_pb(t: Transfer) -> pb.Transfer:
@@ -47,6 +51,12 @@ def _optional_uuid(value: str) -> uuid.UUID | None:
     return uuid.UUID(value) if value else None
 
 
+def _owner() -> str | None:
+    """The user the caller is restricted to, or None for an operator or a service."""
+    principal = current_principal()
+    return principal.subject if principal is not None and principal.kind is Kind.USER else None
+
+
 class TransfersServicer:
     def __init__(self, transfers: Transfers) -> None:
         self.transfers = transfers
@@ -62,17 +72,21 @@ class TransfersServicer:
                 amount=request.amount.amount_minor,
                 currency=request.amount.currency,
                 description=request.description,
-            )
+                client_context=encode_client(client_context(context)),
+            ),
+            owner=_owner(),
         )
         return pb.CreateTransferResponse(transfer=transfer_pb(transfer))
 
     async def GetTransfer(self, request: pb.GetTransferRequest, context: Any) -> pb.GetTransferResponse:
-        transfer = await self.transfers.get(uuid.UUID(request.transfer_id))
+        transfer = await self.transfers.get(uuid.UUID(request.transfer_id), owner=_owner())
         return pb.GetTransferResponse(transfer=transfer_pb(transfer))
 
     async def ListTransfers(self, request: pb.ListTransfersRequest, context: Any) -> pb.ListTransfersResponse:
         wallet_id = _optional_uuid(request.wallet_id)
-        rows, token = await self.transfers.list_transfers(wallet_id, request.page_size, request.page_token)
+        rows, token = await self.transfers.list_transfers(
+            wallet_id, request.page_size, request.page_token, owner=_owner()
+        )
         return pb.ListTransfersResponse(transfers=[transfer_pb(t) for t in rows], next_page_token=token)
 
     async def CreatePayout(self, request: pb.CreatePayoutRequest, context: Any) -> pb.CreatePayoutResponse:
@@ -83,17 +97,21 @@ class TransfersServicer:
                 destination=request.destination.SerializeToString(deterministic=True),
                 amount=request.amount.amount_minor,
                 currency=request.amount.currency,
-            )
+                client_context=encode_client(client_context(context)),
+            ),
+            owner=_owner(),
         )
         return pb.CreatePayoutResponse(payout=payout_pb(payout))
 
     async def GetPayout(self, request: pb.GetPayoutRequest, context: Any) -> pb.GetPayoutResponse:
-        payout = await self.transfers.get_payout(uuid.UUID(request.payout_id))
+        payout = await self.transfers.get_payout(uuid.UUID(request.payout_id), owner=_owner())
         return pb.GetPayoutResponse(payout=payout_pb(payout))
 
     async def ListPayouts(self, request: pb.ListPayoutsRequest, context: Any) -> pb.ListPayoutsResponse:
         wallet_id = _optional_uuid(request.wallet_id)
-        rows, token = await self.transfers.list_payouts(wallet_id, request.page_size, request.page_token)
+        rows, token = await self.transfers.list_payouts(
+            wallet_id, request.page_size, request.page_token, owner=_owner()
+        )
         return pb.ListPayoutsResponse(payouts=[payout_pb(p) for p in rows], next_page_token=token)
 
     async def RecordTransferOutcome(

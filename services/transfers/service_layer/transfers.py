@@ -12,6 +12,14 @@ funds are in payout clearing) with the record; FAILED with the refusal that fail
 (its reason and the refusing peer's details, replayed the same way on every retry); still
 running with ABORTED / REQUEST_IN_PROGRESS — retry the same request, or read it with
 GetTransfer / GetPayout.
+
+Who may: operators and services any transfer or payout. A user (`owner` below, the
+principal's user id) only from a wallet of their own — another's source wallet is answered
+WALLET_NOT_FOUND, exactly as a wallet that does not exist, before anything is recorded —
+and reads only the transfers from or to their wallets and the payouts from them; another's
+is TRANSFER_NOT_FOUND / PAYOUT_NOT_FOUND. Owners are the wallet service's (GetWallet,
+ListWallets). A user's call also carries their device and IP (services/framework/
+edge_context.py) into the saga's input, for the fraud check.
 """
 
 from __future__ import annotations
@@ -29,10 +37,14 @@ from google.protobuf.message import Message
 from interpay.common.v1.money_pb2 import Money
 from interpay.orchestrator.v1 import orchestrator_service_pb2 as saga_pb
 from interpay.orchestrator.v1.orchestrator_service_pb2_grpc import OrchestratorServiceStub
+from interpay.payments.v1.payments_service_pb2 import ClientContext
 from interpay.transfers.v1.transfers_service_pb2 import ExternalAccount
+from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
+from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from services.framework import paging
 from services.framework.db import Database
+from services.framework.edge_context import EdgeClient
 from services.framework.errors import Aborted
 from services.transfers.adapters.repository import TransferRepository
 from services.transfers.domain.model import (
@@ -45,6 +57,7 @@ from services.transfers.domain.model import (
     Transfer,
     TransferNotFound,
     TransferRequest,
+    WalletNotFound,
     check_payout_outcome,
     check_transfer_outcome,
     failure_status,
@@ -76,13 +89,63 @@ def split_failure(saga_failure: str) -> tuple[str, dict[str, str]]:
     return text, {}
 
 
+def encode_client(client: EdgeClient | None) -> bytes:
+    """A user's device and IP as kept with their transfer or payout; b"" for none."""
+    if client is None:
+        return b""
+    context = ClientContext(device_fingerprint=client.device_fingerprint, ip_address=client.ip_address)
+    return context.SerializeToString(deterministic=True)
+
+
+def _client_context(kept: bytes | None) -> ClientContext | None:
+    return ClientContext.FromString(kept) if kept else None
+
+
 class Transfers:
     def __init__(
-        self, db: Database, orchestrator: OrchestratorServiceStub, saga_deadline_seconds: float = 30.0
+        self,
+        db: Database,
+        orchestrator: OrchestratorServiceStub,
+        wallet: WalletServiceStub,
+        saga_deadline_seconds: float = 30.0,
     ) -> None:
         self.db = db
         self.orchestrator = orchestrator
+        self.wallet = wallet
         self.saga_deadline = saga_deadline_seconds
+
+    # -- ownership ------------------------------------------------------------------------
+    async def _check_source(self, wallet_id: uuid.UUID, owner: str | None) -> None:
+        """Refuses a user naming a source wallet that is not theirs, as if it did not exist."""
+        if owner is None:
+            return
+        try:
+            reply = await self.wallet.GetWallet(wallet_pb.GetWalletRequest(wallet_id=str(wallet_id)))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                raise WalletNotFound(wallet_id) from None
+            raise
+        w = reply.wallet
+        if w.owner_type != wallet_pb.OWNER_TYPE_USER or w.owner_id != owner:
+            raise WalletNotFound(wallet_id)
+
+    async def _wallets_of(self, owner: str) -> set[uuid.UUID]:
+        reply = await self.wallet.ListWallets(
+            wallet_pb.ListWalletsRequest(owner_type=wallet_pb.OWNER_TYPE_USER, owner_id=owner)
+        )
+        return {uuid.UUID(w.wallet_id) for w in reply.wallets}
+
+    async def _listed_wallets(self, wallet_id: uuid.UUID | None, owner: str | None) -> list[uuid.UUID] | None:
+        """The wallets a list may show: every one (None) for operators and services; for a
+        user their own, or the one they named if it is theirs."""
+        if owner is None:
+            return None if wallet_id is None else [wallet_id]
+        own = await self._wallets_of(owner)
+        if wallet_id is None:
+            return sorted(own)
+        if wallet_id not in own:
+            raise WalletNotFound(wallet_id)
+        return [wallet_id]
 
     async def _saga(self, start: Callable[..., Awaitable[Any]], request: Message) -> saga_pb.Saga | None:
         """Starts (or finds) the saga; None if it outlived the call's deadline and carries
@@ -106,6 +169,7 @@ class Transfers:
                     destination_wallet_id=str(transfer.destination_wallet_id),
                     amount=Money(amount_minor=transfer.amount, currency=transfer.currency),
                     description=transfer.description,
+                    client_context=_client_context(transfer.client_context),
                 ),
             ),
         )
@@ -120,6 +184,7 @@ class Transfers:
                     source_wallet_id=str(payout.source_wallet_id),
                     destination=ExternalAccount.FromString(payout.destination),
                     amount=Money(amount_minor=payout.amount, currency=payout.currency),
+                    client_context=_client_context(payout.client_context),
                 ),
             ),
         )
@@ -147,7 +212,8 @@ class Transfers:
         return len(starts)
 
     # -- transfers ------------------------------------------------------------------------
-    async def create(self, request: TransferRequest) -> Transfer:
+    async def create(self, request: TransferRequest, owner: str | None = None) -> Transfer:
+        await self._check_source(request.source_wallet_id, owner)
         async with self.db.transaction() as conn:
             transfer = await TransferRepository(conn).insert_or_get(request)
         mismatched = transfer.mismatches(request)
@@ -176,21 +242,26 @@ class Transfers:
             )
         return transfer
 
-    async def get(self, transfer_id: uuid.UUID) -> Transfer:
+    async def get(self, transfer_id: uuid.UUID, owner: str | None = None) -> Transfer:
         async with self.db.transaction() as conn:
             transfer = await TransferRepository(conn).get(transfer_id)
         if transfer is None:
             raise TransferNotFound(transfer_id)
+        if owner is not None:
+            own = await self._wallets_of(owner)
+            if transfer.source_wallet_id not in own and transfer.destination_wallet_id not in own:
+                raise TransferNotFound(transfer_id)
         return transfer
 
     async def list_transfers(
-        self, wallet_id: uuid.UUID | None, page_size: int, page_token: str
+        self, wallet_id: uuid.UUID | None, page_size: int, page_token: str, owner: str | None = None
     ) -> tuple[list[Transfer], str]:
+        wallet_ids = await self._listed_wallets(wallet_id, owner)
         cursor = paging.decode(page_token)
         size = paging.page_size(page_size)
         before = (cursor[0], cursor[1]) if cursor and len(cursor) == 2 else None
         async with self.db.transaction() as conn:
-            rows = await TransferRepository(conn).list_for_wallet(wallet_id, size + 1, before)
+            rows = await TransferRepository(conn).list_for_wallet(wallet_ids, size + 1, before)
         return _paged(rows, size, lambda t: t.transfer_id)
 
     async def record_transfer_outcome(
@@ -226,7 +297,8 @@ class Transfers:
             return transfer
 
     # -- payouts --------------------------------------------------------------------------
-    async def create_payout(self, request: PayoutRequest) -> Payout:
+    async def create_payout(self, request: PayoutRequest, owner: str | None = None) -> Payout:
+        await self._check_source(request.source_wallet_id, owner)
         async with self.db.transaction() as conn:
             payout = await TransferRepository(conn).insert_or_get_payout(request)
         mismatched = payout.mismatches(request)
@@ -254,21 +326,24 @@ class Transfers:
             )
         return payout
 
-    async def get_payout(self, payout_id: uuid.UUID) -> Payout:
+    async def get_payout(self, payout_id: uuid.UUID, owner: str | None = None) -> Payout:
         async with self.db.transaction() as conn:
             payout = await TransferRepository(conn).get_payout(payout_id)
         if payout is None:
             raise PayoutNotFound(payout_id)
+        if owner is not None and payout.source_wallet_id not in await self._wallets_of(owner):
+            raise PayoutNotFound(payout_id)
         return payout
 
     async def list_payouts(
-        self, wallet_id: uuid.UUID | None, page_size: int, page_token: str
+        self, wallet_id: uuid.UUID | None, page_size: int, page_token: str, owner: str | None = None
     ) -> tuple[list[Payout], str]:
+        wallet_ids = await self._listed_wallets(wallet_id, owner)
         cursor = paging.decode(page_token)
         size = paging.page_size(page_size)
         before = (cursor[0], cursor[1]) if cursor and len(cursor) == 2 else None
         async with self.db.transaction() as conn:
-            rows = await TransferRepository(conn).list_payouts(wallet_id, size + 1, before)
+            rows = await TransferRepository(conn).list_payouts(wallet_ids, size + 1, before)
         return _paged(rows, size, lambda p: p.payout_id)
 
     async def record_payout_outcome(

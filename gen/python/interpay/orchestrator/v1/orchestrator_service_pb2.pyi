@@ -463,6 +463,7 @@ class TransferSagaInput(_message.Message):
     DESTINATION_WALLET_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CLIENT_CONTEXT_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """The PENDING transfer, in the transfers service."""
     source_wallet_id: _builtins.str
@@ -475,6 +476,13 @@ class TransferSagaInput(_message.Message):
     def amount(self) -> _money_pb2.Money:
         """The amount to move; positive, in both wallets' currency."""
 
+    @_builtins.property
+    def client_context(self) -> _payments_service_pb2.ClientContext:
+        """The paying user's device and network, derived at the edge from a user's
+        own call (services/framework/edge_context.py), for the fraud check; unset
+        when an operator or a service asked for the transfer.
+        """
+
     def __init__(
         self,
         *,
@@ -483,10 +491,11 @@ class TransferSagaInput(_message.Message):
         destination_wallet_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         description: _builtins.str = ...,
+        client_context: _payments_service_pb2.ClientContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "client_context", b"client_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "destination_wallet_id", b"destination_wallet_id", "source_wallet_id", b"source_wallet_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "client_context", b"client_context", "description", b"description", "destination_wallet_id", b"destination_wallet_id", "source_wallet_id", b"source_wallet_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,6 +511,7 @@ class PayoutSagaInput(_message.Message):
     SOURCE_WALLET_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    CLIENT_CONTEXT_FIELD_NUMBER: _builtins.int
     payout_id: _builtins.str
     """The PENDING payout, in the transfers service."""
     source_wallet_id: _builtins.str
@@ -514,6 +524,13 @@ class PayoutSagaInput(_message.Message):
     def amount(self) -> _money_pb2.Money:
         """The amount to pay out; positive, in the source wallet's currency."""
 
+    @_builtins.property
+    def client_context(self) -> _payments_service_pb2.ClientContext:
+        """The paying user's device and network, derived at the edge from a user's
+        own call (services/framework/edge_context.py), for the fraud check; unset
+        when an operator or a service asked for the payout.
+        """
+
     def __init__(
         self,
         *,
@@ -521,10 +538,11 @@ class PayoutSagaInput(_message.Message):
         source_wallet_id: _builtins.str = ...,
         destination: _transfers_service_pb2.ExternalAccount | None = ...,
         amount: _money_pb2.Money | None = ...,
+        client_context: _payments_service_pb2.ClientContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination", b"destination"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "client_context", b"client_context", "destination", b"destination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination", b"destination", "payout_id", b"payout_id", "source_wallet_id", b"source_wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "client_context", b"client_context", "destination", b"destination", "payout_id", b"payout_id", "source_wallet_id", b"source_wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
