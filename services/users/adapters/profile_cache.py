@@ -1,64 +1,20 @@
-"""Users with their profiles cached in Redis (cache-aside, short TTL), never stale after a
-commit. The same protocol as the wallet's balance cache (services/wallet/adapters/
-balance_cache.py), for one key per user.
-
-Each user is one hash `users:user:<id>` with the cached snapshot (`d`), its version (`v`,
-the `users.version` bumped by every change of the user or profile) and the number of
-writers in flight (`w`). A writer announces itself (`w` + 1) before its transaction and,
-after the transaction ends, leaves (`w` - 1) and stores its committed snapshot unless a
-newer one is there. Readers use the snapshot only while no writer is in flight, and fill
-the cache only when no writer is in flight and nothing as new is cached. So no reader can
-see, or put back, a user older than the last commit, and an erased user's personal data
-is replaced by the erased snapshot at commit.
-
-A writer that dies in flight leaves `w` raised until the TTL: reads go to PostgreSQL
-meanwhile. If Redis is down, reads go to PostgreSQL; a write during an outage cannot
-announce itself, so a snapshot cached before the outage can outlive it by at most the TTL.
-"""
+"""Users with their profiles cached in Redis (cache-aside, 60 s TTL), never stale after a
+commit: the framework's versioned cache (services/framework/versioned_cache.py) keyed by
+user, with `users.version`, bumped by every change of the user or profile. An erased
+user's personal data is replaced by the erased snapshot at commit."""
 
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from datetime import datetime
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
 
+from services.framework.versioned_cache import Codec, VersionedCache
 from services.users.domain.model import User
 
-log = logging.getLogger("interpay.users.cache")
-
 TTL_SECONDS = 60
-
-_BEGIN = """
-redis.call('HINCRBY', KEYS[1], 'w', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-# ARGV: ttl, version, snapshot ('' when the writer committed nothing).
-_END = """
-local writers = redis.call('HINCRBY', KEYS[1], 'w', -1)
-if writers < 0 then redis.call('HSET', KEYS[1], 'w', 0) end
-local held = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if ARGV[3] ~= '' and tonumber(ARGV[2]) > held then
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-# ARGV: ttl, version, snapshot.
-_FILL = """
-local writers = tonumber(redis.call('HGET', KEYS[1], 'w') or '0')
-local held = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if writers > 0 or held >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'w', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
 
 
 def cache_key(user_id: uuid.UUID) -> str:
@@ -102,49 +58,15 @@ def decode(raw: bytes) -> User:
     )
 
 
-class ProfileCache:
+class ProfileCache(VersionedCache[uuid.UUID, User]):
+    """One user per key; the users service announces one user at a time."""
+
     def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self._begin = client.register_script(_BEGIN)
-        self._end = client.register_script(_END)
-        self._fill = client.register_script(_FILL)
-        self.hits = 0
-        self.misses = 0
+        codec = Codec(cache_key, lambda u: u.user_id, lambda u: u.version, encode, decode)
+        super().__init__(client, codec, TTL_SECONDS, "profile")
 
-    async def get(self, user_id: uuid.UUID) -> User | None:
-        try:
-            writers, snapshot = await self.client.hmget(cache_key(user_id), ["w", "d"])
-        except RedisError as exc:
-            log.warning("profile cache unavailable", extra={"error": str(exc)})
-            writers, snapshot = None, None
-        if snapshot is None or int(writers or 0) > 0:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return decode(snapshot if isinstance(snapshot, bytes) else snapshot.encode())
+    async def begin_write(self, user_id: uuid.UUID) -> bool:  # type: ignore[override]
+        return await super().begin_write([user_id])
 
-    async def fill(self, user: User) -> None:
-        await self._call(self._fill, user.user_id, [TTL_SECONDS, user.version, encode(user)])
-
-    async def begin_write(self, user_id: uuid.UUID) -> bool:
-        return await self._call(self._begin, user_id, [TTL_SECONDS])
-
-    async def end_write(self, user_id: uuid.UUID, committed: User | None) -> None:
-        args: list[str | int] = (
-            [TTL_SECONDS, committed.version, encode(committed)]
-            if committed
-            else [
-                TTL_SECONDS,
-                0,
-                "",
-            ]
-        )
-        await self._call(self._end, user_id, args)
-
-    async def _call(self, script, user_id: uuid.UUID, args: list[str | int]) -> bool:  # type: ignore[no-untyped-def]
-        try:
-            await script(keys=[cache_key(user_id)], args=args)
-            return True
-        except RedisError as exc:
-            log.warning("profile cache unavailable", extra={"error": str(exc)})
-            return False
+    async def end_write(self, user_id: uuid.UUID, committed: User | None) -> None:  # type: ignore[override]
+        await super().end_write([user_id], [committed] if committed is not None else [])
