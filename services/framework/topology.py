@@ -193,4 +193,6 @@ PROFILES = {
     "bench": Profile("bench", 28080, 29901, 55632, 56579, 52051, 29101, 59292, 59293, 59242, 59270),
     # A fourth mesh for work on the mesh itself (certificates, the gateway) beside the others.
     "work": Profile("work", 38080, 39901, 55732, 56679, 53051, 39101, 59392, 59393, 59342, 59370),
+    # A fifth, so that several pieces of work can each have a mesh of their own.
+    "aux": Profile("aux", 48080, 49901, 55832, 56779, 54051, 49101, 59492, 59493, 59442, 59470),
 }
