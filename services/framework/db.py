@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from yoyo import get_backend, read_migrations
 
-from services.framework import metrics
+from services.framework import audit, metrics
 
 log = logging.getLogger("interpay.db")
 
@@ -35,9 +35,15 @@ def migrate(database_url: str, migrations_dir: Path) -> int:
 
 
 class Database:
-    def __init__(self, url: str, migrations_dir: Path | None, max_size: int = 10) -> None:
+    """`audited`: the database keeps the framework's audit trail (services/framework/
+    audit.py), so every transaction made while serving a call tells it who is calling."""
+
+    def __init__(
+        self, url: str, migrations_dir: Path | None, max_size: int = 10, *, audited: bool = False
+    ) -> None:
         self.url = url
         self.migrations_dir = migrations_dir
+        self.audited = audited
         self.pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -68,4 +74,6 @@ class Database:
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection inside one transaction: committed on success, rolled back on error."""
         async with self.pool.connection() as conn:
+            if self.audited and (settings := audit.call_settings()) is not None:
+                await conn.execute(audit.SETTINGS_SQL, settings)
             yield conn  # the pool commits on clean exit and rolls back on an exception

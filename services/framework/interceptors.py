@@ -33,10 +33,11 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
-from services.framework import edge_policy, errors, failpoints
+from services.framework import call, edge_policy, errors, failpoints
 from services.framework.edge_auth import EdgeAuthenticator, reset_principal, set_principal
 from services.framework.identity import admit, identify
 from services.framework.logs import current_trace_id
+from services.framework.request_log import RequestLog
 from services.framework.topology import ServiceSpec
 
 log = logging.getLogger("interpay.rpc")
@@ -74,9 +75,17 @@ async def abort(context: grpc.aio.ServicerContext, status: Any) -> None:
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    """The outermost of a service's interceptors: marks the call being served
+    (services/framework/call.py), turns errors into statuses with details, logs every
+    RPC, and hands each answered public RPC (`public`) to the request log."""
+
+    def __init__(
+        self, service: str, request_log: RequestLog | None = None, public: frozenset[str] = frozenset()
+    ) -> None:
         self.service = service
         self.domain = f"{service}.interpay.dev"
+        self.request_log = request_log
+        self.public = public
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         method = handler_call_details.method
@@ -87,6 +96,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
+                served, token = call.serving(context)
                 try:
                     failpoints.hit(f"{self.service}.{rpc_name}.before")
                     reply = await inner(request, context)
@@ -117,15 +127,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                         ),
                     )
                 finally:
+                    call.done(token)
                     if method.startswith("/interpay."):
-                        log.info(
-                            "rpc",
-                            extra={
-                                "rpc": method,
-                                "code": code.name,
-                                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                            },
-                        )
+                        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+                        log.info("rpc", extra={"rpc": method, "code": code.name, "duration_ms": duration_ms})
+                        if self.request_log is not None and rpc_name in self.public:
+                            self.request_log.add(
+                                method, served.actor, code.name, duration_ms, current_trace_id()
+                            )
                 return None  # unreachable: abort raises
 
             return behaviour
@@ -214,6 +223,7 @@ class EdgeAuthInterceptor(grpc.aio.ServerInterceptor):
                     context.invocation_metadata() or (), identify(context)
                 )
                 edge_policy.authorize(self.grpc_service, rpc, principal, request)
+                call.note_principal(principal)
                 token = set_principal(principal)
                 try:
                     return await inner(request, context)

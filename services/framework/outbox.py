@@ -43,7 +43,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,8 +55,9 @@ from google.protobuf.message import Message as ProtoMessage
 from interpay.events.v1.envelope_pb2 import EventEnvelope
 from opentelemetry import propagate
 from prometheus_client import Counter
+from psycopg.rows import dict_row
 
-from services.framework import metrics
+from services.framework import audit, metrics
 from services.framework.config import integer, require
 from services.framework.db import Database
 from services.framework.proto import timestamp
@@ -177,8 +178,50 @@ class _Batch:
         return ok
 
 
+@dataclass(frozen=True)
+class _Source:
+    """A table whose rows the relay publishes: its oldest unpublished rows (`select`,
+    with the batch size as parameter) as (position, topic, key, value), and how to mark
+    positions published (`mark`)."""
+
+    select: str
+    mark: str
+    message: Callable[[dict[str, Any]], tuple[int, str, str, bytes]]
+
+
+OUTBOX_SOURCE = _Source(
+    "SELECT position, topic, message_key, envelope FROM outbox "
+    "WHERE published_at IS NULL ORDER BY position LIMIT %s",
+    "UPDATE outbox SET published_at = now() WHERE position = ANY(%s)",
+    lambda r: (r["position"], r["topic"], r["message_key"], bytes(r["envelope"])),
+)
+
+
+def audit_source(service: str) -> _Source:
+    """The audit trail (services/framework/audit.sql) as its own outbox: each row is
+    published as an AuditRecorded on the audit topic, keyed by the row it records."""
+
+    def message(row: dict[str, Any]) -> tuple[int, str, str, bytes]:
+        envelope = audit.record_envelope(service, row)
+        return (
+            row["audit_id"],
+            topic_for(audit.AGGREGATE_TYPE),
+            envelope.aggregate_id,
+            envelope.SerializeToString(),
+        )
+
+    return _Source(
+        "SELECT audit_id, occurred_at, table_name, entity_id, operation, actor, via, source_ip, "
+        "user_agent, trace_id, before, after FROM audit_trail "
+        "WHERE published_at IS NULL ORDER BY audit_id LIMIT %s",
+        "UPDATE audit_trail SET published_at = now() WHERE audit_id = ANY(%s)",
+        message,
+    )
+
+
 class Relay:
-    """Publishes a service's outbox to Kafka; a server resource (start/close)."""
+    """Publishes a service's outbox to Kafka, and its audit trail if its database keeps
+    one; a server resource (start/close)."""
 
     def __init__(
         self,
@@ -191,6 +234,7 @@ class Relay:
     ) -> None:
         self.db = db
         self.service = service
+        self.sources = [OUTBOX_SOURCE] + ([audit_source(service)] if db.audited else [])
         self.bootstrap = bootstrap or require("INTERPAY_KAFKA_BOOTSTRAP")
         self.batch_size = batch_size
         self.idle = (
@@ -248,7 +292,9 @@ class Relay:
     async def _publish_forever(self) -> None:
         while not self._stopping.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.db.url, autocommit=True, row_factory=dict_row
+                ) as conn:
                     await self._lead(conn)
             except asyncio.CancelledError:
                 raise
@@ -261,9 +307,9 @@ class Relay:
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Waits for the lease, then publishes until the connection (and lease) is lost."""
         while not self.is_leader:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LEASE_KEY,))
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS held", (RELAY_LEASE_KEY,))
             row = await cur.fetchone()
-            self.is_leader = bool(row and row[0])
+            self.is_leader = bool(row and row["held"])
             if not self.is_leader:
                 await asyncio.sleep(1)
         log.info("outbox relay leads", extra={"service": self.service})
@@ -277,13 +323,16 @@ class Relay:
                 await asyncio.sleep(self.idle)
 
     async def publish_once(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        """Publishes the oldest unpublished rows; returns how many were marked published."""
-        cur = await conn.execute(
-            "SELECT position, topic, message_key, envelope FROM outbox "
-            "WHERE published_at IS NULL ORDER BY position LIMIT %s",
-            (self.batch_size,),
-        )
-        rows = [(r[0], r[1], r[2], bytes(r[3])) for r in await cur.fetchall()]
+        """Publishes the oldest unpublished rows of each source; returns how many were
+        marked published."""
+        published = 0
+        for source in self.sources:
+            published += await self._publish_source(conn, source)
+        return published
+
+    async def _publish_source(self, conn: psycopg.AsyncConnection[Any], source: _Source) -> int:
+        cur = await conn.execute(source.select, (self.batch_size,))
+        rows = [source.message(r) for r in await cur.fetchall()]
         if not rows:
             return 0
         if self._fatal is not None:
@@ -294,9 +343,7 @@ class Relay:
         await asyncio.to_thread(self._send, batch)
         acknowledged = batch.acknowledged()
         if acknowledged:
-            await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE position = ANY(%s)", (acknowledged,)
-            )
+            await conn.execute(source.mark, (acknowledged,))
             PUBLISHED.labels(self.service).inc(len(acknowledged))
         if len(acknowledged) < len(rows):
             failed = next(e for e in batch.outcome.values() if e is not None) if batch.outcome else None
@@ -337,10 +384,7 @@ class Relay:
         while True:
             try:
                 async with self.db.transaction() as conn:
-                    cur = await conn.execute(
-                        "SELECT count(*) AS pending, extract(epoch FROM min(created_at)) AS oldest "
-                        "FROM outbox WHERE published_at IS NULL"
-                    )
+                    cur = await conn.execute(_LAG_AUDITED if self.db.audited else _LAG)
                     row = await cur.fetchone()
                 assert row is not None
                 oldest = row["oldest"]
@@ -350,6 +394,15 @@ class Relay:
             await asyncio.sleep(1)
 
 
+_LAG = (
+    "SELECT count(*) AS pending, extract(epoch FROM min(created_at)) AS oldest "
+    "FROM outbox WHERE published_at IS NULL"
+)
+_LAG_AUDITED = (
+    "SELECT count(*) AS pending, extract(epoch FROM min(created_at)) AS oldest FROM ("
+    " SELECT created_at FROM outbox WHERE published_at IS NULL"
+    " UNION ALL SELECT occurred_at FROM audit_trail WHERE published_at IS NULL) unpublished"
+)
 _registered = False
 
 

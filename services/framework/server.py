@@ -37,8 +37,10 @@ from services.framework.interceptors import (
     EdgeAuthInterceptor,
     RpcInterceptor,
     ValidationInterceptor,
+    public_rpcs,
 )
 from services.framework.peers import Peers
+from services.framework.request_log import RequestLog
 
 log = logging.getLogger("interpay.server")
 
@@ -118,10 +120,13 @@ class ServiceApp:
         self.port = 0
         # Channels to the users (JWKS) and merchants (API keys) services for edge auth.
         self.auth_peers = Peers(config.auth_peer_addresses, config.peer_deadline_seconds, config.tls)
+        # Every answered public RPC, to Cassandra (services/framework/request_log.py).
+        self.request_log = RequestLog(config.spec.name)
 
     async def start(self) -> None:
         for resource in self.resources:
             await resource.start()
+        await self.request_log.start()
         spec = self.config.spec
         require_identity = self.config.tls is not None
         if not require_identity:
@@ -132,7 +137,7 @@ class ServiceApp:
         server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),
-                RpcInterceptor(spec.name),
+                RpcInterceptor(spec.name, self.request_log, public_rpcs(spec)),
                 AllowlistInterceptor(spec, require_identity=require_identity),
                 EdgeAuthInterceptor(spec, EdgeAuthenticator.over(self.auth_peers, require_identity)),
                 ValidationInterceptor(),
@@ -171,6 +176,7 @@ class ServiceApp:
             await self.server.stop(self.config.shutdown_grace_seconds)
         for resource in reversed(self.resources):
             await resource.close()
+        await self.request_log.close()
         await self.auth_peers.close()
         log.info("stopped")
 

@@ -1,6 +1,6 @@
 """The notifications service's composition root: a Kafka consumer of the payment events
-making notifications and webhook deliveries, a periodic sender of the deliveries, and
-the RPCs that read them."""
+making notifications and webhook deliveries, a periodic sender of the deliveries, the
+RPCs that read them, and the consumer copying every service's audit trail to Cassandra."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from pathlib import Path
 
 from interpay.merchants.v1.merchants_service_pb2_grpc import MerchantsServiceStub
 
+from services.framework import audit
+from services.framework.audit import AuditSink
+from services.framework.cassandra import Cassandra
 from services.framework.config import ServiceConfig, integer
 from services.framework.consumer import EventConsumer
 from services.framework.db import Database
+from services.framework.outbox import topic_for
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -23,6 +27,7 @@ from services.notifications.service_layer.events import TOPICS, EventHandler
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONSUMER_GROUP = "notifications"
+AUDIT_SINK_GROUP = "audit-sink"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
@@ -42,7 +47,18 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     deliveries = Deliveries(db, merchants, client, policy)
     consumer = EventConsumer(db, CONSUMER_GROUP, TOPICS, EventHandler(merchants))
     sender = Periodic("send-webhooks", integer("INTERPAY_WEBHOOK_POLL_MS", 250) / 1000, deliveries.send_due)
-    return NotificationsServicer(Notifications(db), deliveries), [db, peers, consumer, sender]
+    # Every service's audit trail, copied from Kafka into Cassandra for analytics
+    # (services/framework/audit.py, AuditSink).
+    cassandra = Cassandra(AuditSink.statements())
+    audit_sink = EventConsumer(db, AUDIT_SINK_GROUP, (topic_for(audit.AGGREGATE_TYPE),), AuditSink(cassandra))
+    return NotificationsServicer(Notifications(db), deliveries), [
+        db,
+        peers,
+        consumer,
+        sender,
+        cassandra,
+        audit_sink,
+    ]
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -28,7 +29,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     sagas = PaymentSagas(
         payments=peers.stub("payments", PaymentServiceStub),
@@ -57,7 +58,9 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     recovery = Periodic(
         "recover-sagas", float(integer("INTERPAY_SAGA_RECOVERY_INTERVAL_SECONDS", 2)), engine.recover
     )
-    return OrchestratorServicer(engine), [db, peers, recovery]
+    # The audit trail of sagas and steps, published to Kafka by the relay (framework/audit.py).
+    relay = Relay(db, "orchestrator")
+    return OrchestratorServicer(engine), [db, peers, recovery, relay]
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     payments = Payments(
         db, peers.stub("orchestrator", OrchestratorServiceStub), peers.stub("vault", VaultServiceStub)

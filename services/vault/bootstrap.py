@@ -8,6 +8,7 @@ from pathlib import Path
 from services.framework import metrics
 from services.framework.config import ServiceConfig, integer, require
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.periodic import Periodic
 from services.framework.server import run
 from services.vault.adapters import log_redaction
@@ -24,7 +25,7 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     kek = KeyEncryptionKey.from_file(require("INTERPAY_VAULT_KEK_FILE"))
     batch = integer("INTERPAY_VAULT_REENCRYPT_BATCH", 200)
     retain_seconds = float(integer("INTERPAY_VAULT_KEY_RETENTION_SECONDS", 7 * 24 * 3600))
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     keyring = KeyRing(db, kek)
     vault = Vault(db, kek, keyring)
     pending = {"cards": 0.0}
@@ -48,7 +49,9 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         "reencrypt-cards", float(integer("INTERPAY_VAULT_REENCRYPT_INTERVAL_SECONDS", 5)), maintain
     )
     # Started in order: migrations and pool, then the data keys, then the sweep.
-    return VaultServicer(vault), [db, keyring, sweep]
+    # The audit trail of cards and keys, published to Kafka by the relay (framework/audit.py).
+    relay = Relay(db, "vault")
+    return VaultServicer(vault), [db, keyring, sweep, relay]
 
 
 def main() -> None:
