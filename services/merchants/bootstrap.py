@@ -13,6 +13,7 @@ from services.framework.cache import Redis
 from services.framework.config import ServiceConfig, integer
 from services.framework.consumer import EventConsumer
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -48,7 +49,7 @@ def allow_open_day() -> bool:
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     box = SecretBox.from_environment()  # before anything opens: a missing key stops start-up
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     redis = Redis(config.redis_url)
     peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     merchants = Merchants(db, SettlementWallets(peers.stub("wallet", WalletServiceStub)))
@@ -95,8 +96,11 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         integer("INTERPAY_ANALYTICS_COPY_INTERVAL_MS", 1000) / 1000,
         lambda: payment_events.copy_to_cassandra(db, analytics),
     )
+    # The audit trail of the merchants' state, published to Kafka (framework/audit.py).
+    relay = Relay(db, "merchants")
     return MerchantsServicer(merchants, api_keys, webhooks, settlements), [
         db,
+        relay,
         redis,
         peers,
         analytics,

@@ -28,7 +28,7 @@ from tests.e2e.test_edge_auth import api_key
 from tests.e2e.test_payments_flow import create_merchant, pay, payer
 
 ROOT = Path(__file__).resolve().parents[2]
-AUDITED = ("payments", "orchestrator", "vault")
+AUDITED = ("payments", "orchestrator", "vault", "merchants")
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +190,22 @@ def test_the_vault_trail_holds_no_card_number_and_no_key_material(
         db("vault").execute("SELECT before, after FROM audit_trail").fetchall(), default=str
     )
     assert pan not in everything and "wrapped_key" not in everything
+
+
+def test_the_merchants_trail_holds_no_secret_and_no_bank_details(
+    gateway: httpx.Client, db: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    shop = create_merchant(gateway)
+    key_id, key = api_key(gateway, shop["merchantId"])
+    conn = db("merchants")
+    (created, *_changes) = trail(conn, "merchants", shop["merchantId"])
+    assert created["actor"] == "operator:tests" and created["after"]["display_name"] == "Shop"
+    assert "payout_account" not in created["after"]
+    (issued,) = trail(conn, "merchant_api_keys", key_id)
+    assert issued["after"]["merchant_id"] == shop["merchantId"] and "secret_hash" not in issued["after"]
+    everything = json.dumps(conn.execute("SELECT before, after FROM audit_trail").fetchall(), default=str)
+    assert key.split(".", 1)[1] not in everything and "DE89370400440532013000" not in everything
+    assert "signing_secret" not in everything
 
 
 def test_the_trail_and_the_request_log_reach_cassandra(
