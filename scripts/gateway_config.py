@@ -8,6 +8,23 @@ Kubernetes gateway, so both transcode identically.
 Envoy calls every service over mTLS as the `gateway` identity, and accepts a service only
 if its certificate carries that service's SPIFFE id. Under the development switch
 INTERPAY_PLAINTEXT=1 it calls them in plaintext.
+
+The client's address is Envoy's to say, never the client's (`client_address`): the
+gateway is the edge, so it takes the address of the TCP connection it accepted
+(`use_remote_address`, trusting no earlier hop) and treats every client as external
+(`internal_address_config` without ranges: loopback and private clients too), so Envoy
+strips whatever `x-envoy-*` headers a client sent (`x-envoy-internal`,
+`x-envoy-retry-on`, ...) and sets `x-envoy-external-address` itself. Services read the
+client IP from that header only on a call that carries the gateway's mTLS identity
+(services/framework/edge_context.py). On top of what Envoy does by itself, every route
+overwrites `x-envoy-external-address` and `x-forwarded-for` with the connection's address:
+Envoy would otherwise append to a client's `x-forwarded-for` (leaving the client's entry
+first) and, for a loopback client, append its own address, and an Envoy release whose
+defaults count loopback or private addresses as internal would not set
+`x-envoy-external-address` at all. (Behind a load balancer that does not preserve the
+client's address, the connection's address is the balancer's: deploy the gateway with
+the client's address preserved, e.g. `externalTrafficPolicy: Local`, rather than trusting
+a forwarded header.)
 """
 
 from __future__ import annotations
@@ -27,6 +44,29 @@ DESCRIPTORS = ROOT / "gen" / "descriptors.binpb"
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/envoy.{type_name}", **fields}
+
+
+# The address of the connection Envoy accepted, as Envoy's access log and headers print it.
+_REMOTE_ADDRESS = "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+# Headers that name the client's address: whatever the client sent is replaced.
+CLIENT_ADDRESS_HEADERS = ("x-envoy-external-address", "x-forwarded-for")
+
+
+def client_address() -> dict[str, Any]:
+    """The connection manager's settings that make the client address Envoy's own finding."""
+    return {
+        "use_remote_address": True,
+        "xff_num_trusted_hops": 0,
+        "internal_address_config": {"unix_sockets": False, "cidr_ranges": []},
+    }
+
+
+def client_address_headers() -> list[dict[str, Any]]:
+    """Route-level overwrite of the client-address headers with the connection's address."""
+    return [
+        {"header": {"key": name, "value": _REMOTE_ADDRESS}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for name in CLIENT_ADDRESS_HEADERS
+    ]
 
 
 def public_methods(descriptors: Path = DESCRIPTORS) -> dict[str, list[str]]:
@@ -163,6 +203,7 @@ def envoy_config(profile: Profile, certs: Path | None = None) -> dict[str, Any]:
                     "grpc_status": "%GRPC_STATUS%",
                     "duration_ms": "%DURATION%",
                     "traceparent": "%REQ(TRACEPARENT)%",
+                    "client_ip": _REMOTE_ADDRESS,
                 }
             },
         ),
@@ -172,9 +213,17 @@ def envoy_config(profile: Profile, certs: Path | None = None) -> dict[str, Any]:
         stat_prefix="gateway",
         codec_type="AUTO",
         access_log=[access_log],
+        **client_address(),
         route_config={
             "name": "gateway",
-            "virtual_hosts": [{"name": "interpay", "domains": ["*"], "routes": routes()}],
+            "virtual_hosts": [
+                {
+                    "name": "interpay",
+                    "domains": ["*"],
+                    "routes": routes(),
+                    "request_headers_to_add": client_address_headers(),
+                }
+            ],
         },
         http_filters=[
             transcoder(str(DESCRIPTORS)),

@@ -191,10 +191,11 @@ class Mesh:
         if name == "vault":
             env["INTERPAY_VAULT_KEK_FILE"] = str(self.vault_key())
         if name == "notifications":
-            # A local mesh posts webhooks to loopback receivers only; dev and test retry
-            # failed deliveries within seconds rather than minutes.
+            # A local mesh posts webhooks to loopback receivers only; dev and the meshes
+            # tests run against (test, aux) retry failed deliveries within seconds rather
+            # than minutes.
             env["INTERPAY_WEBHOOK_LOOPBACK_ONLY"] = "1"
-            if self.profile.name in ("dev", "test"):
+            if self.profile.name in ("dev", "test", "aux"):
                 env["INTERPAY_WEBHOOK_BACKOFF_BASE_MS"] = "300"
                 env["INTERPAY_WEBHOOK_BACKOFF_MAX_MS"] = "3000"
         if self.profile.name == "test":

@@ -38,10 +38,9 @@ from interpay.events.v1.envelope_pb2 import EventEnvelope
 
 from services.framework import call
 from services.framework.cassandra import Cassandra
-from services.framework.edge_context import client_ip
+from services.framework.edge_context import client_ip, forwarder
 from services.framework.logs import current_trace_id
 from services.framework.proto import timestamp
-from services.framework.topology import GATEWAY
 
 if TYPE_CHECKING:  # the consumer imports the database, which imports this module
     from services.framework.consumer import ReceivedEvent
@@ -67,7 +66,7 @@ def call_settings() -> tuple[str, str, str, str, str] | None:
     caller = served.caller
     via = caller.name if caller.verified else ""
     metadata = list(served.context.invocation_metadata() or ())
-    ip = client_ip(metadata, served.context.peer() or "", via_gateway=via == GATEWAY)
+    ip = client_ip(metadata, served.context.peer() or "", forwarder(caller))
     agent = next((str(v) for k, v in metadata if k.lower() == "user-agent"), "")
     return served.actor, via, ip, agent[:USER_AGENT_MAX], current_trace_id()
 

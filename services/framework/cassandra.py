@@ -36,6 +36,7 @@ The API (rows are dicts, column name -> value):
     await client.execute_concurrently([("LOG", row_1), ("LOG", row_2)])
     outcome = await client.execute_conditional("CLAIM", (...))   # a lightweight transaction
     if not outcome.applied: ...outcome.current...                  # the row as Paxos saw it
+    ttl = ttl_seconds((expires_at - now).total_seconds())         # a `USING TTL ?` value
 
 `execute_concurrently` sends independent statements at once and waits for all of them:
 the way to write many rows to many partitions. It is deliberately not a batch: a logged
@@ -192,6 +193,11 @@ class Conditional:
     current: dict[str, Any]
 
 
+def _shut_down_if_connected(attempt: asyncio.Future[tuple[Cluster, Session, Any]]) -> None:
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result()[0].shutdown()
+
+
 def ttl_seconds(seconds: float) -> int:
     """A TTL for a row that must live at least `seconds`: whole seconds, rounded up, at
     least 1 (0 would mean "never expires")."""
@@ -292,8 +298,13 @@ class Cassandra:
                 return self._session
             if time.monotonic() - self._failed_at < self.settings.retry_connect_after_seconds:
                 raise CassandraUnavailable(statement, self._last_failure)
+            attempt = asyncio.ensure_future(asyncio.to_thread(self._connect))
             try:
-                self._cluster, self._session, self._prepared = await asyncio.to_thread(self._connect)
+                self._cluster, self._session, self._prepared = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # Closing while connecting: the thread finishes on its own; shut what it opens.
+                attempt.add_done_callback(_shut_down_if_connected)
+                raise
             except Exception as exc:  # unreachable, or a statement the schema cannot prepare yet
                 self._failed_at = time.monotonic()
                 self._last_failure = f"{type(exc).__name__}: {exc}"

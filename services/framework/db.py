@@ -77,3 +77,11 @@ class Database:
             if self.audited and (settings := audit.call_settings()) is not None:
                 await conn.execute(audit.SETTINGS_SQL, settings)
             yield conn  # the pool commits on clean exit and rolls back on an exception
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A read-only REPEATABLE READ transaction: every query sees the same instant
+        (an export, a reconciliation). It changes nothing, so it has nothing to audit."""
+        async with self.pool.connection() as conn:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn

@@ -1,21 +1,18 @@
-"""A user's device and network, derived at the edge for the fraud check.
+"""Where a call comes from: the client address and, for a user, the device.
+
+The client IP of a call is the first address that parses of:
+- `x-envoy-external-address`, then the first `x-forwarded-for` entry, but only when the
+  call's verified mTLS identity is a trusted forwarder (`FORWARDERS`): the gateway, whose
+  Envoy sets both headers itself from the TCP connection and overwrites whatever a client
+  wrote there (`use_remote_address`, scripts/gateway_config.py), and the operator's
+  tooling, which speaks for the client it replays;
+- else the call's peer address. Any other caller's forwarding headers are ignored: a
+  peer cannot claim to be someone else's client.
 
 For a call made by a `user` principal (services/framework/edge_auth.py) the handler asks
-`client_context(context)` for:
-
-- the client IP: through the gateway, `x-envoy-external-address` if it carries one, else
-  the peer address of the call. The gateway (scripts/gateway_config.py) leaves
-  `use_remote_address` unset, so Envoy neither sets nor appends `x-forwarded-for`, and its
-  first address would be whatever the client wrote there; it is not read. A call straight
-  over gRPC is from its peer address.
-  Caveat: with `use_remote_address` unset Envoy also neither sets nor strips
-  `x-envoy-external-address`, so today it is the client's own say, like the fingerprint's
-  headers; an edge Envoy with `use_remote_address: true` sets it for external clients and
-  drops a client's copy, which makes it trustworthy.
-- the device fingerprint: sha256 hex of "user-agent|accept-language|ip|accept-encoding",
-  each header as received (empty when absent).
-
-Operators and services get None: their headers are not a payer's device.
+`client_context(context)` for that IP and the device fingerprint: sha256 hex of
+"user-agent|accept-language|ip|accept-encoding", each header as received (empty when
+absent). Operators and services get None: their headers are not a payer's device.
 """
 
 from __future__ import annotations
@@ -27,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.framework.edge_auth import Kind, current_principal
-from services.framework.identity import identify
-from services.framework.topology import GATEWAY
+from services.framework.identity import Caller, identify
+from services.framework.topology import GATEWAY, OPERATOR
 
 EXTERNAL_ADDRESS = "x-envoy-external-address"
+FORWARDED_FOR = "x-forwarded-for"
+FORWARDERS = (GATEWAY, OPERATOR)
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,21 @@ def peer_ip(peer: str) -> str:
     return ""
 
 
-def client_ip(metadata: Iterable[tuple[str, Any]], peer: str, via_gateway: bool) -> str:
-    if via_gateway:
-        external = _ip(_headers(metadata).get(EXTERNAL_ADDRESS, ""))
-        if external:
-            return external
+def forwarder(caller: Caller) -> bool:
+    """Whether the caller's forwarding headers name the client (see the module docstring)."""
+    return caller.verified and caller.name in FORWARDERS
+
+
+def client_ip(metadata: Iterable[tuple[str, Any]], peer: str, forwarded: bool) -> str:
+    """The client's address; `forwarded`: the caller is a trusted forwarder."""
+    if forwarded:
+        headers = _headers(metadata)
+        for candidate in (
+            headers.get(EXTERNAL_ADDRESS, ""),
+            headers.get(FORWARDED_FOR, "").split(",")[0],
+        ):
+            if ip := _ip(candidate):
+                return ip
     return peer_ip(peer)
 
 
@@ -78,10 +87,10 @@ def device_fingerprint(user_agent: str, accept_language: str, ip: str, accept_en
     return hashlib.sha256(f"{user_agent}|{accept_language}|{ip}|{accept_encoding}".encode()).hexdigest()
 
 
-def derive(metadata: Iterable[tuple[str, Any]], peer: str, via_gateway: bool) -> EdgeClient:
+def derive(metadata: Iterable[tuple[str, Any]], peer: str, forwarded: bool) -> EdgeClient:
     pairs = list(metadata)
     headers = _headers(pairs)
-    ip = client_ip(pairs, peer, via_gateway)
+    ip = client_ip(pairs, peer, forwarded)
     fingerprint = device_fingerprint(
         headers.get("user-agent", ""),
         headers.get("accept-language", ""),
@@ -96,9 +105,4 @@ def client_context(context: Any) -> EdgeClient | None:
     principal = current_principal()
     if principal is None or principal.kind is not Kind.USER:
         return None
-    caller = identify(context)
-    return derive(
-        context.invocation_metadata() or (),
-        context.peer() or "",
-        via_gateway=caller.verified and caller.name == GATEWAY,
-    )
+    return derive(context.invocation_metadata() or (), context.peer() or "", forwarder(identify(context)))

@@ -15,7 +15,7 @@ from services.framework.cassandra import Cassandra
 from services.framework.config import ServiceConfig, integer
 from services.framework.consumer import EventConsumer
 from services.framework.db import Database
-from services.framework.outbox import topic_for
+from services.framework.outbox import Relay, topic_for
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -31,7 +31,7 @@ AUDIT_SINK_GROUP = "audit-sink"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     merchants = peers.stub("merchants", MerchantsServiceStub)
     policy = RetryPolicy(
@@ -51,8 +51,11 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     # (services/framework/audit.py, AuditSink).
     cassandra = Cassandra(AuditSink.statements())
     audit_sink = EventConsumer(db, AUDIT_SINK_GROUP, (topic_for(audit.AGGREGATE_TYPE),), AuditSink(cassandra))
+    # The audit trail of notifications and deliveries, published to Kafka (framework/audit.py).
+    relay = Relay(db, "notifications")
     return NotificationsServicer(Notifications(db), deliveries), [
         db,
+        relay,
         peers,
         consumer,
         sender,

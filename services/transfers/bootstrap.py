@@ -9,6 +9,7 @@ from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -19,7 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     peers = Peers(config.peer_addresses, config.peer_deadline_seconds, config.tls)
     transfers = Transfers(
         db,
@@ -33,7 +34,11 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
         float(integer("INTERPAY_TRANSFER_RESUME_INTERVAL_SECONDS", 30)),
         lambda: transfers.resume_pending(stale_after),
     )
-    return TransfersServicer(transfers), [db, peers, resume]
+    # Every creation and change of state writes its event to the outbox in its own
+    # transaction (adapters/events.py); the relay publishes them to Kafka (one replica at
+    # a time holds its lease).
+    relay = Relay(db, "transfers")
+    return TransfersServicer(transfers), [db, peers, relay, resume]
 
 
 def main() -> None:

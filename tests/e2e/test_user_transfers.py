@@ -5,18 +5,18 @@ transfers from or to their wallets and the payouts from them, and the fraud chec
 their transfer carries the device fingerprint and IP derived at the edge
 (services/framework/edge_context.py).
 
-Every user here sends a user-agent and an `x-envoy-external-address` of their own, so the
-fraud service's per-device and per-IP velocity rules never see one device or one address
-across tests or runs. That header stands in for the one an edge Envoy sets for an external
-client; the mesh's Envoy, on loopback, leaves it as the client sent it (see the report in
-services/framework/edge_context.py)."""
+Every user here sends a user-agent of their own and connects from a loopback address of
+their own (tests/e2e/client_address.py), so the fraud service's per-device and per-IP
+velocity rules never see one device or one address across tests or runs. The address is
+the one Envoy saw the connection come from: whatever a client writes in
+`x-envoy-external-address` or `x-forwarded-for` is overwritten at the gateway
+(scripts/gateway_config.py), which the fraud check's test below shows."""
 
 from __future__ import annotations
 
 import hashlib
-import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -25,6 +25,8 @@ import pytest
 from interpay.fraud.v1 import fraud_service_pb2 as fraud_pb
 from interpay.fraud.v1.fraud_service_pb2_grpc import FraudServiceStub
 
+from services.framework.topology import Profile
+from tests.e2e.client_address import SourceClient
 from tests.e2e.test_edge_auth import User, anonymous, refused
 from tests.e2e.test_slice_http import fund
 from tests.e2e.test_transfers_payouts import PAID, amounts, payout_body, transfer_body, user_wallet
@@ -33,25 +35,23 @@ __all__ = ["anonymous"]  # the gateway without a credential, a fixture of this m
 
 ACCEPT_LANGUAGE = "de-DE,de;q=0.9"
 ACCEPT_ENCODING = "gzip, deflate"
-# Without x-envoy-external-address a call through the gateway is from Envoy's connection:
-# the mesh's Envoy listens on loopback and does not set x-forwarded-for.
-GATEWAY_PEER_IP = "127.0.0.1"
 
 
 class Person(User):
-    """A registered, logged-in user whose calls carry their own device headers."""
+    """A registered, logged-in user whose calls (`http`) carry their own device headers
+    and come from their own address (`ip`)."""
 
-    def __init__(self, anonymous: httpx.Client) -> None:
+    def __init__(self, anonymous: httpx.Client, profile: Profile) -> None:
         super().__init__(anonymous)
         self.user_agent = f"interpay-e2e/{uuid.uuid4().hex}"
-        self.ip = f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"  # benchmarking range
         self.headers = {
             **self.headers,
-            "x-envoy-external-address": self.ip,
             "user-agent": self.user_agent,
             "accept-language": ACCEPT_LANGUAGE,
             "accept-encoding": ACCEPT_ENCODING,
         }
+        self.http = SourceClient(profile, headers=self.headers)
+        self.ip = self.http.source_address
 
     def wallet(self, anonymous: httpx.Client, gateway: httpx.Client, funded: int = 0) -> str:
         wallet_id = self.open_wallet(anonymous)
@@ -61,12 +61,20 @@ class Person(User):
 
 
 @pytest.fixture
-def person(anonymous: httpx.Client) -> Callable[[], Person]:
-    return lambda: Person(anonymous)
+def person(anonymous: httpx.Client, profile: Profile) -> Iterator[Callable[[], Person]]:
+    people: list[Person] = []
+
+    def make() -> Person:
+        people.append(Person(anonymous, profile))
+        return people[-1]
+
+    yield make
+    for someone in people:
+        someone.http.close()
 
 
-def transfer(anonymous: httpx.Client, who: Person, body: dict[str, Any]) -> httpx.Response:
-    return anonymous.post("/v1/transfers", json=body, headers=who.headers)
+def transfer(who: Person, body: dict[str, Any]) -> httpx.Response:
+    return who.http.post("/v1/transfers", json=body)
 
 
 def test_a_user_transfers_from_their_own_wallet(
@@ -74,13 +82,13 @@ def test_a_user_transfers_from_their_own_wallet(
 ) -> None:
     alice, bob = person(), person()
     source, destination = alice.wallet(anonymous, gateway, 10_000), bob.wallet(anonymous, gateway)
-    reply = transfer(anonymous, alice, transfer_body(source, destination, 2_500))
+    reply = transfer(alice, transfer_body(source, destination, 2_500))
     assert reply.status_code == 200, reply.text
     assert reply.json()["transfer"]["state"] == "STATE_COMPLETED"
     assert amounts(gateway, source)[0] == 7_500 and amounts(gateway, destination)[0] == 2_500
     # To any existing wallet, not only one's own: it is a P2P transfer.
     to_operator_wallet = user_wallet(gateway)
-    reply = transfer(anonymous, alice, transfer_body(source, to_operator_wallet, 500))
+    reply = transfer(alice, transfer_body(source, to_operator_wallet, 500))
     assert reply.status_code == 200, reply.text
 
 
@@ -91,16 +99,14 @@ def test_another_users_wallet_is_not_found_and_nothing_moves(
     victim = alice.wallet(anonymous, gateway, 10_000)
     loot = mallory.wallet(anonymous, gateway)
     body = transfer_body(victim, loot, 5_000)
-    info = refused(transfer(anonymous, mallory, body), 404, "WALLET_NOT_FOUND")
+    info = refused(transfer(mallory, body), 404, "WALLET_NOT_FOUND")
     assert info["metadata"]["wallet_id"] == victim
     # The same answer as for a wallet that does not exist: nothing about the victim leaks.
     ghost = str(uuid.uuid4())
-    ghost_info = refused(
-        transfer(anonymous, mallory, transfer_body(ghost, loot, 5_000)), 404, "WALLET_NOT_FOUND"
-    )
+    ghost_info = refused(transfer(mallory, transfer_body(ghost, loot, 5_000)), 404, "WALLET_NOT_FOUND")
     assert set(ghost_info["metadata"]) == set(info["metadata"])
     payout = payout_body(victim, PAID, 5_000)
-    refused(anonymous.post("/v1/payouts", json=payout, headers=mallory.headers), 404, "WALLET_NOT_FOUND")
+    refused(mallory.http.post("/v1/payouts", json=payout), 404, "WALLET_NOT_FOUND")
     # Nothing was created, nothing moved.
     assert gateway.get(f"/v1/transfers/{body['transferId']}").status_code == 404
     assert gateway.get(f"/v1/payouts/{payout['payoutId']}").status_code == 404
@@ -115,25 +121,25 @@ def test_a_user_reads_their_own_transfers_and_not_anothers(
     source, destination = alice.wallet(anonymous, gateway, 10_000), bob.wallet(anonymous, gateway)
     eve_wallet = eve.wallet(anonymous, gateway)
     body = transfer_body(source, destination, 1_000)
-    assert transfer(anonymous, alice, body).status_code == 200
+    assert transfer(alice, body).status_code == 200
     path = f"/v1/transfers/{body['transferId']}"
     for reader in (alice, bob):  # the sender and the receiver
-        reply = anonymous.get(path, headers=reader.headers)
+        reply = reader.http.get(path)
         assert reply.status_code == 200, reply.text
         assert reply.json()["transfer"]["transferId"] == body["transferId"]
-    refused(anonymous.get(path, headers=eve.headers), 404, "TRANSFER_NOT_FOUND")
+    refused(eve.http.get(path), 404, "TRANSFER_NOT_FOUND")
     # Lists: one's own wallets only; another's wallet as if it did not exist.
-    mine = anonymous.get("/v1/transfers", params={"walletId": source}, headers=alice.headers)
+    mine = alice.http.get("/v1/transfers", params={"walletId": source})
     assert mine.status_code == 200, mine.text
     assert [t["transferId"] for t in mine.json()["transfers"]] == [body["transferId"]]
-    received = anonymous.get("/v1/transfers", params={"walletId": destination}, headers=bob.headers)
+    received = bob.http.get("/v1/transfers", params={"walletId": destination})
     assert [t["transferId"] for t in received.json()["transfers"]] == [body["transferId"]]
     refused(
-        anonymous.get("/v1/transfers", params={"walletId": source}, headers=eve.headers),
+        eve.http.get("/v1/transfers", params={"walletId": source}),
         404,
         "WALLET_NOT_FOUND",
     )
-    empty = anonymous.get("/v1/transfers", params={"walletId": eve_wallet}, headers=eve.headers)
+    empty = eve.http.get("/v1/transfers", params={"walletId": eve_wallet})
     assert empty.status_code == 200 and empty.json()["transfers"] == []
     # Operators still read everything.
     assert gateway.get(path).status_code == 200
@@ -145,17 +151,17 @@ def test_a_user_pays_out_from_their_own_wallet(
     alice, eve = person(), person()
     source = alice.wallet(anonymous, gateway, 10_000)
     body = payout_body(source, PAID, 4_000)
-    reply = anonymous.post("/v1/payouts", json=body, headers=alice.headers)
+    reply = alice.http.post("/v1/payouts", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["payout"]["state"] in ("STATE_PROCESSING", "STATE_COMPLETED")
     assert amounts(gateway, source)[0] == 6_000
     path = f"/v1/payouts/{body['payoutId']}"
-    assert anonymous.get(path, headers=alice.headers).status_code == 200
-    refused(anonymous.get(path, headers=eve.headers), 404, "PAYOUT_NOT_FOUND")
-    listed = anonymous.get("/v1/payouts", params={"walletId": source}, headers=alice.headers)
+    assert alice.http.get(path).status_code == 200
+    refused(eve.http.get(path), 404, "PAYOUT_NOT_FOUND")
+    listed = alice.http.get("/v1/payouts", params={"walletId": source})
     assert [p["payoutId"] for p in listed.json()["payouts"]] == [body["payoutId"]]
     refused(
-        anonymous.get("/v1/payouts", params={"walletId": source}, headers=eve.headers),
+        eve.http.get("/v1/payouts", params={"walletId": source}),
         404,
         "WALLET_NOT_FOUND",
     )
@@ -176,37 +182,43 @@ def test_the_fraud_check_of_a_users_transfer_carries_their_device_and_ip(
     gateway: httpx.Client,
     person: Callable[[], Person],
     channel: Callable[[str], grpc.Channel],
+    profile: Profile,
 ) -> None:
     alice, bob = person(), person()
     source, destination = alice.wallet(anonymous, gateway, 10_000), bob.wallet(anonymous, gateway)
     body = transfer_body(source, destination, 700)
-    assert transfer(anonymous, alice, body).status_code == 200
+    assert transfer(alice, body).status_code == 200
     check = _fraud_check(channel, body["transferId"])
     recipe = f"{alice.user_agent}|{ACCEPT_LANGUAGE}|{alice.ip}|{ACCEPT_ENCODING}"
     assert check.ip_address == alice.ip
     assert check.device_fingerprint == hashlib.sha256(recipe.encode()).hexdigest()
     assert check.user_id == alice.user_id
     # Another device, another fingerprint.
-    laptop = {**alice.headers, "user-agent": f"{alice.user_agent}-laptop"}
+    laptop = {"user-agent": f"{alice.user_agent}-laptop"}
     second = transfer_body(source, destination, 300)
-    assert anonymous.post("/v1/transfers", json=second, headers=laptop).status_code == 200
+    assert alice.http.post("/v1/transfers", json=second, headers=laptop).status_code == 200
     assert _fraud_check(channel, second["transferId"]).device_fingerprint not in (
         "",
         check.device_fingerprint,
     )
-    # x-forwarded-for is the client's own say (the mesh's Envoy neither sets nor appends
-    # it) and is not read: without x-envoy-external-address the IP is the gateway peer's.
-    unforwarded = {k: v for k, v in alice.headers.items() if k != "x-envoy-external-address"}
+    # An address the client writes in its headers is not believed: Envoy overwrites it with
+    # the connection's, so the check still has alice's own, and so her fingerprint.
     third = transfer_body(source, destination, 200)
-    forged = {**unforwarded, "x-forwarded-for": "192.0.2.66"}
-    assert anonymous.post("/v1/transfers", json=third, headers=forged).status_code == 200
-    peer_check = _fraud_check(channel, third["transferId"])
-    assert peer_check.ip_address == GATEWAY_PEER_IP
-    peer_recipe = f"{alice.user_agent}|{ACCEPT_LANGUAGE}|{GATEWAY_PEER_IP}|{ACCEPT_ENCODING}"
-    assert peer_check.device_fingerprint == hashlib.sha256(peer_recipe.encode()).hexdigest()
+    forged = {"x-envoy-external-address": "192.0.2.66", "x-forwarded-for": "192.0.2.67, 10.0.0.1"}
+    assert alice.http.post("/v1/transfers", json=third, headers=forged).status_code == 200
+    forged_check = _fraud_check(channel, third["transferId"])
+    assert (forged_check.ip_address, forged_check.device_fingerprint) == (alice.ip, check.device_fingerprint)
+    # Another address is another IP, and another fingerprint (the IP is part of it).
+    with SourceClient(profile, headers=alice.headers) as elsewhere:
+        fourth = transfer_body(source, destination, 150)
+        assert elsewhere.post("/v1/transfers", json=fourth).status_code == 200
+    moved = _fraud_check(channel, fourth["transferId"])
+    assert moved.ip_address == elsewhere.source_address != alice.ip
+    moved_recipe = f"{alice.user_agent}|{ACCEPT_LANGUAGE}|{elsewhere.source_address}|{ACCEPT_ENCODING}"
+    assert moved.device_fingerprint == hashlib.sha256(moved_recipe.encode()).hexdigest()
     # A payout's check too.
     payout = payout_body(source, PAID, 1_000)
-    assert anonymous.post("/v1/payouts", json=payout, headers=alice.headers).status_code == 200
+    assert alice.http.post("/v1/payouts", json=payout).status_code == 200
     assert _fraud_check(channel, payout["payoutId"]).device_fingerprint == check.device_fingerprint
     # An operator's transfer is no payer's device: nothing is derived.
     operators = transfer_body(source, destination, 100)

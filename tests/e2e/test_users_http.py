@@ -1,10 +1,12 @@
 """The users service over HTTP/JSON through Envoy: sessions, optimistic profile updates,
-KYC, deletion and erasure, and login throttling answered with 429 and a RetryInfo."""
+KYC, deletion and erasure, and login throttling answered with 429 and a RetryInfo, per
+account and per source — the source being the address Envoy saw the connection come
+from, whatever address a client writes in its headers."""
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -13,18 +15,31 @@ import pytest
 from interpay.users.v1 import users_service_pb2 as pb
 from interpay.users.v1.users_service_pb2_grpc import UserServiceStub
 
+from services.framework.topology import Profile
 from services.users.adapters.login_throttle import ThrottlePolicy
-from tests.helpers import http_details
+from tests.e2e.client_address import SourceClient
+from tests.helpers import http_details, operator_headers
 
 PASSWORD = "correct horse battery staple"
 
 
-def new_source() -> dict[str, str]:
-    address = ipaddress.ip_address(f"2001:db8:1::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}")
-    return {"x-forwarded-for": str(address)}
+@pytest.fixture
+def new_source(profile: Profile) -> Iterator[Callable[[], SourceClient]]:
+    """Operator clients of the gateway, each connecting from a loopback address of its own
+    (tests/e2e/client_address.py): the users service's per-source login throttling counts
+    the address Envoy saw, so each test's failures stay its own."""
+    clients: list[SourceClient] = []
+
+    def make() -> SourceClient:
+        clients.append(SourceClient(profile, headers=operator_headers(profile)))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
 
 
-def register(gateway: httpx.Client, source: dict[str, str]) -> dict[str, Any]:
+def register(source: httpx.Client) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:12]
     body = {
         "email": f"http.{tag}@example.net",
@@ -33,24 +48,24 @@ def register(gateway: httpx.Client, source: dict[str, str]) -> dict[str, Any]:
         "displayName": "Http Person",
         "countryCode": "FR",
     }
-    reply = gateway.post("/v1/users", json=body, headers=source)
+    reply = source.post("/v1/users", json=body)
     assert reply.status_code == 200, reply.text
     return reply.json()["user"]  # type: ignore[no-any-return]
 
 
 def login(
-    gateway: httpx.Client, email: str, source: dict[str, str], password: str = PASSWORD
+    source: httpx.Client, email: str, password: str = PASSWORD, headers: dict[str, str] | None = None
 ) -> httpx.Response:
-    return gateway.post("/v1/auth:login", json={"email": email, "password": password}, headers=source)
+    return source.post("/v1/auth:login", json={"email": email, "password": password}, headers=headers)
 
 
-def test_sessions_refresh_and_end_over_http(gateway: httpx.Client) -> None:
+def test_sessions_refresh_and_end_over_http(
+    gateway: httpx.Client, new_source: Callable[[], SourceClient]
+) -> None:
     source = new_source()
-    user = register(gateway, source)
-    session = login(gateway, user["email"], source).json()
-    refreshed = gateway.post(
-        "/v1/auth:refresh", json={"refreshToken": session["refreshToken"]}, headers=source
-    )
+    user = register(source)
+    session = login(source, user["email"]).json()
+    refreshed = source.post("/v1/auth:refresh", json={"refreshToken": session["refreshToken"]})
     assert refreshed.status_code == 200, refreshed.text
     token = refreshed.json()["refreshToken"]
     assert gateway.post("/v1/auth:logout", json={"refreshToken": token}).status_code == 200
@@ -62,12 +77,14 @@ def test_sessions_refresh_and_end_over_http(gateway: httpx.Client) -> None:
     assert revoked.status_code == 200 and revoked.json()["revokedSessionCount"] == 0
 
 
-def test_repeated_failed_logins_are_answered_429_with_retry_info(gateway: httpx.Client) -> None:
+def test_repeated_failed_logins_are_answered_429_with_retry_info(
+    new_source: Callable[[], SourceClient],
+) -> None:
     source = new_source()
-    user = register(gateway, source)
+    user = register(source)
     for _ in range(ThrottlePolicy().account_limit):
-        assert login(gateway, user["email"], source, "not the password").status_code == 401
-    reply = login(gateway, user["email"], source)
+        assert login(source, user["email"], "not the password").status_code == 401
+    reply = login(source, user["email"])
     assert reply.status_code == 429, reply.text
     body = reply.json()
     info, _ = http_details(body)
@@ -79,8 +96,10 @@ def test_repeated_failed_logins_are_answered_429_with_retry_info(gateway: httpx.
     assert PASSWORD not in reply.text
 
 
-def test_profile_updates_with_a_stale_version_are_409_and_change_nothing(gateway: httpx.Client) -> None:
-    user = register(gateway, new_source())
+def test_profile_updates_with_a_stale_version_are_409_and_change_nothing(
+    gateway: httpx.Client, new_source: Callable[[], SourceClient]
+) -> None:
+    user = register(new_source())
     path = f"/v1/users/{user['userId']}/profile"
     reply = gateway.patch(
         path, params={"expectedVersion": 1, "updateMask": "displayName"}, json={"displayName": "Renamed"}
@@ -103,9 +122,11 @@ def test_profile_updates_with_a_stale_version_are_409_and_change_nothing(gateway
     assert gateway.get(f"/v1/users/{user['userId']}").json()["user"]["profile"]["displayName"] == "Renamed"
 
 
-def test_kyc_then_delete_then_erase_over_http(gateway: httpx.Client) -> None:
+def test_kyc_then_delete_then_erase_over_http(
+    gateway: httpx.Client, new_source: Callable[[], SourceClient]
+) -> None:
     source = new_source()
-    user = register(gateway, source)
+    user = register(source)
     base = f"/v1/users/{user['userId']}"
     submitted = gateway.post(
         f"{base}/kycDocuments",
@@ -129,7 +150,7 @@ def test_kyc_then_delete_then_erase_over_http(gateway: httpx.Client) -> None:
 
     deleted = gateway.delete(base)
     assert deleted.status_code == 200 and deleted.json()["user"]["state"] == "STATE_DELETED"
-    assert login(gateway, user["email"], source).status_code == 401
+    assert login(source, user["email"]).status_code == 401
 
     erased = gateway.post(f"{base}:erase", json={"reason": "user request"})
     assert erased.status_code == 200, erased.text
@@ -140,9 +161,9 @@ def test_kyc_then_delete_then_erase_over_http(gateway: httpx.Client) -> None:
 
 
 def test_the_internal_risk_profile_is_not_reachable_through_the_gateway(
-    gateway: httpx.Client, profile
-) -> None:  # type: ignore[no-untyped-def]
-    user = register(gateway, new_source())
+    gateway: httpx.Client, profile: Profile, new_source: Callable[[], SourceClient]
+) -> None:
+    user = register(new_source())
     reply = gateway.post("/interpay.users.v1.UserService/GetUserRiskProfile", json={"userId": user["userId"]})
     assert reply.status_code == 404
     with grpc.insecure_channel(f"127.0.0.1:{profile.gateway_port}") as ch:
@@ -151,3 +172,43 @@ def test_the_internal_risk_profile_is_not_reachable_through_the_gateway(
                 pb.GetUserRiskProfileRequest(user_id=user["userId"]), timeout=5
             )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+FORGED = {"x-envoy-external-address": "192.0.2.66", "x-forwarded-for": "192.0.2.67, 10.0.0.1"}
+
+
+def test_a_client_cannot_name_its_own_address(
+    gateway: httpx.Client, new_source: Callable[[], SourceClient]
+) -> None:
+    """The address a login's session records is the connection's, as Envoy saw it: the
+    addresses a client writes in `x-envoy-external-address` and `x-forwarded-for` are
+    overwritten at the gateway, never passed on."""
+    source = new_source()
+    user = register(source)
+    reply = login(source, user["email"], headers=FORGED)
+    assert reply.status_code == 200, reply.text
+    export = gateway.get(f"/v1/users/{user['userId']}:export")
+    assert export.status_code == 200, export.text
+    sessions = export.json()["dataExport"]["sessions"]
+    assert [s["ipAddress"] for s in sessions] == [source.source_address]
+
+
+def test_a_source_is_locked_after_repeated_failures_and_forged_headers_do_not_escape_it(
+    new_source: Callable[[], SourceClient],
+) -> None:
+    """Per-source throttling counts the connection's address: failures against many
+    accounts from one address lock that address (429, scope `source`) even for another
+    account with the right password, and a forged address header does not get around it;
+    another address (another client) is not affected."""
+    policy = ThrottlePolicy()
+    attacker, elsewhere = new_source(), new_source()
+    victim = register(elsewhere)
+    for i in range(policy.source_limit):
+        guess = login(attacker, f"nobody.{i}.{uuid.uuid4().hex}@example.net", "guess guess")
+        assert guess.status_code == 401, guess.text
+    for headers in (None, FORGED, {"x-envoy-external-address": elsewhere.source_address}):
+        locked = login(attacker, victim["email"], headers=headers)
+        assert locked.status_code == 429, locked.text
+        info, _ = http_details(locked.json())
+        assert info is not None and info["reason"] == "RATE_LIMITED" and info["metadata"]["scope"] == "source"
+    assert login(elsewhere, victim["email"]).status_code == 200

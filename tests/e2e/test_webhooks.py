@@ -44,6 +44,7 @@ from tests.integration.test_consumers_notifications import bootstrap, poll
 
 CAPTURED = "interpay.payments.v1.PaymentCaptured"
 REFUNDED = "interpay.payments.v1.PaymentPartiallyRefunded"
+REFUND_SUCCEEDED = "interpay.payments.v1.RefundSucceeded"
 TEST_CVV = "913"
 
 
@@ -281,6 +282,65 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_succeeds(  # type: 
     assert refund.status_code == 200, refund.text
     [refunded] = poll(lambda: receiver.for_event(REFUNDED, payment["paymentId"]), 60, "the refund webhook")
     assert json.loads(refunded.body)["data"]["refundedAmount"] == {"amountMinor": "1000", "currency": CUR}
+
+
+def test_a_refund_notifies_its_payer_and_sends_a_signed_webhook_once(  # type: ignore[no-untyped-def]
+    gateway, notifications, receiver
+) -> None:
+    """A refund through the API: its RefundSucceeded event (topic interpay.events.v1.refund)
+    becomes the payer's notification (the payer learnt from the payment's events) and one
+    signed delivery to the merchant's endpoint subscribed to that type."""
+    shop = create_merchant(gateway)
+    secret = endpoint(gateway, shop["merchantId"], receiver.url, [REFUND_SUCCEEDED])
+    user = str(uuid.uuid4())
+    payment = wallet_payment(gateway, shop["merchantId"], user, 3_000)
+    reply = gateway.post(
+        f"/v1/payments/{payment['paymentId']}/refunds",
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+        json={"amount": {"amountMinor": "1200", "currency": CUR}, "reason": "damaged"},
+    )
+    assert reply.status_code == 200, reply.text
+    refund = reply.json()["refund"]
+    assert refund["state"] == "STATE_SUCCEEDED"
+
+    [hook] = poll(
+        lambda: receiver.for_event(REFUND_SUCCEEDED, payment["paymentId"]), 60, "the refund webhook"
+    )
+    assert verify(hook.headers["interpay-signature"], hook.body, secret)
+    document = json.loads(hook.body)
+    assert document["type"] == REFUND_SUCCEEDED and document["aggregate_type"] == "refund"
+    assert document["aggregate_id"] == refund["refundId"] and document["aggregate_version"] == 2
+    assert document["data"]["refundId"] == refund["refundId"]
+    assert document["data"]["amount"] == {"amountMinor": "1200", "currency": CUR}
+    assert document["data"]["state"] == "STATE_SUCCEEDED"
+
+    # The payer hears of the payment and of the refund, once each (the payment's own
+    # PaymentPartiallyRefunded is no second refund notification).
+    def payers() -> list[pb.Notification]:
+        reply = notifications.ListNotifications(pb.ListNotificationsRequest(user_id=user), timeout=10)
+        return list(reply.notifications)
+
+    def once_refund_told() -> list[pb.Notification]:
+        found = payers()
+        return found if any(n.template == "refund_succeeded" for n in found) else []
+
+    listed = poll(once_refund_told, 60, "the payer's refund notification")
+    assert sorted(n.template for n in listed) == ["payment_captured", "refund_succeeded"]
+    [note] = [n for n in listed if n.template == "refund_succeeded"]
+    assert note.event_type == REFUND_SUCCEEDED and note.event_id == document["id"]
+    assert "12.00 EUR of your payment for order 99" in note.body
+
+    # Exactly one delivery (the endpoint takes RefundSucceeded only), delivered once.
+    [delivery] = poll(
+        lambda: [d for d in deliveries(notifications, shop["merchantId"]) if d.state == d.STATE_DELIVERED],
+        30,
+        "the refund delivery recorded as delivered",
+    )
+    assert (delivery.event_id, delivery.event_type) == (document["id"], REFUND_SUCCEEDED)
+    assert [(a.attempt_number, a.response_status_code) for a in delivery.attempts] == [(1, 200)]
+    assert len(deliveries(notifications, shop["merchantId"])) == 1
+    assert [r.headers["interpay-event-id"] for r in receiver.requests] == [document["id"]]
+    assert payers() == listed
 
 
 def test_redelivering_an_unknown_or_scheduled_delivery_is_refused(notifications) -> None:  # type: ignore[no-untyped-def]

@@ -340,3 +340,78 @@ def test_a_transfer_notifies_both_wallet_owners_once(notifications_db, channel) 
     # Only the transfer: the funding of alice's wallet is no notification.
     assert [(r[1], r[2]) for r in sent] == [("transfer_sent", "Money sent")]
     assert "12.34 EUR" in sent[0][3] and "Balance: 37.66 EUR" in sent[0][3]
+
+
+REFUND_TOPIC = topic_for("refund")
+
+
+def refund_envelope(payment: payments_pb.Payment, what: str, amount: int) -> EventEnvelope:
+    state = {
+        "RefundSucceeded": payments_pb.Refund.STATE_SUCCEEDED,
+        "RefundFailed": payments_pb.Refund.STATE_FAILED,
+    }
+    refund = payments_pb.Refund(
+        refund_id=str(uuid.uuid4()),
+        payment_id=payment.payment_id,
+        amount=Money(amount_minor=amount, currency="EUR"),
+        reason="damaged",
+        state=state[what],
+    )
+    event = envelope(refund, f"interpay.payments.v1.{what}", aggregate_id=refund.refund_id)
+    event.aggregate_type, event.aggregate_version = "refund", 2
+    return event
+
+
+def waiting_refunds(db: psycopg.Connection[Any], payment_id: str) -> list[str]:
+    rows = db.execute(
+        "SELECT event_id::text FROM pending_refund_events WHERE payment_id = %s ORDER BY position",
+        (payment_id,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_a_refund_event_read_before_its_payment_waits_for_it_and_is_told_once(  # type: ignore[no-untyped-def]
+    profile, notifications_db
+) -> None:
+    """Refund events name the payment only; its payer is learnt from the payment's events,
+    on another topic that Kafka does not order with the refunds': refund events read first
+    wait, the consumer carries on, and the payment's first event applies them, once."""
+    user = str(uuid.uuid4())
+    payment = payment_message(user)
+    early = [refund_envelope(payment, "RefundSucceeded", 300), refund_envelope(payment, "RefundFailed", 200)]
+    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in early], REFUND_TOPIC)
+    poll(lambda: committed_past(profile, REFUND_TOPIC, placed), 60, "the early refund events consumed")
+    # (Two refunds are two keys, maybe two partitions: in either order.)
+    assert sorted(waiting_refunds(notifications_db, payment.payment_id)) == sorted(e.event_id for e in early)
+    assert notifications_of(notifications_db, user) == []
+    assert processed(notifications_db, [e.event_id for e in early]) == {
+        e.event_id: "PROCESSED" for e in early
+    }
+
+    # The payment's event: the payer learnt, the waiting refunds told, nothing left waiting.
+    captured = envelope(payment)
+    publish(profile, [(captured.aggregate_id, captured.SerializeToString())])
+    rows = poll(lambda: (r := notifications_of(notifications_db, user))[2:] and r, 60, "three notifications")
+    by_event = {str(r[0]): r for r in rows}
+    assert by_event[captured.event_id][1] == "payment_captured"
+    assert by_event[early[0].event_id][1:3] == ("refund_succeeded", "Refund received")
+    assert "3.00 EUR of your payment for order 7" in by_event[early[0].event_id][3]
+    assert by_event[early[1].event_id][1:3] == ("refund_failed", "Refund failed")
+    assert waiting_refunds(notifications_db, payment.payment_id) == []
+
+    # A refund event read after the payment is told at once; a redelivered one changes nothing.
+    late = refund_envelope(payment, "RefundSucceeded", 100)
+    placed = publish(
+        profile,
+        [
+            (late.aggregate_id, late.SerializeToString()),
+            (early[0].aggregate_id, early[0].SerializeToString()),
+        ],
+        REFUND_TOPIC,
+    )
+    poll(lambda: committed_past(profile, REFUND_TOPIC, placed), 60, "the late refund events consumed")
+    rows = notifications_of(notifications_db, user)
+    assert sorted(str(r[0]) for r in rows) == sorted(
+        [captured.event_id, *(e.event_id for e in early), late.event_id]
+    )
+    assert waiting_refunds(notifications_db, payment.payment_id) == []

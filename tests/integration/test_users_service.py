@@ -1,6 +1,7 @@
-"""The users service through its gRPC API against the real PostgreSQL and Redis of the
-mesh: sessions and refresh-token rotation, optimistic profile updates, soft deletion,
-KYC, the GDPR export and erasure, the audit log, the profile cache and login throttling.
+"""The users service through its gRPC API against the real PostgreSQL, Redis and Cassandra
+of the mesh: sessions and refresh-token rotation (Cassandra), optimistic profile updates,
+soft deletion, KYC, the GDPR export and erasure, the audit log, the profile cache and
+login throttling.
 
 Each test registers its own users and sends its own source address (a unique IPv6
 documentation address in `x-forwarded-for`), so throttling counters never leak between
@@ -21,6 +22,8 @@ import psycopg
 import pytest
 import redis
 from argon2 import PasswordHasher
+from cassandra.cluster import Cluster, Session
+from cassandra.query import dict_factory
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -54,6 +57,27 @@ def db(profile, mesh_secrets) -> Iterator[psycopg.Connection[dict[str, Any]]]:  
         database_url(profile, mesh_secrets, "users"), autocommit=True, row_factory=dict_row
     ) as conn:
         yield conn
+
+
+@pytest.fixture(scope="module")
+def cql(profile) -> Iterator[Session]:  # type: ignore[no-untyped-def]
+    """The `interpay_logs` keyspace, where the sessions are."""
+    cluster = Cluster(["127.0.0.1"], port=profile.cassandra_port, connect_timeout=10)
+    try:
+        session = cluster.connect("interpay_logs")
+        session.row_factory = dict_factory
+        yield session
+    finally:
+        cluster.shutdown()
+
+
+def sessions_of(cql: Session, user_id: str) -> list[dict[str, Any]]:
+    return list(cql.execute("SELECT * FROM user_refresh_sessions WHERE user_id = %s", (uuid.UUID(user_id),)))
+
+
+def token_row(cql: Session, token: str) -> dict[str, Any] | None:
+    digest = hashlib.sha256(token.encode()).digest()
+    return cql.execute("SELECT * FROM user_refresh_tokens WHERE token_hash = %s", (digest,)).one()  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +187,7 @@ def test_a_hash_with_outdated_parameters_is_upgraded_at_login(
 # -- sessions --------------------------------------------------------------------------------
 
 
-def test_refresh_rotates_the_token_and_stores_only_hashes(
-    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]]
-) -> None:
+def test_refresh_rotates_the_token_and_stores_only_hashes(users: UserServiceStub, cql: Session) -> None:
     source = new_source()
     user = register(users, source)
     first = login(users, user.email, source)
@@ -175,26 +197,38 @@ def test_refresh_rotates_the_token_and_stores_only_hashes(
     )
     assert second.user_id == user.user_id
     assert second.refresh_token != first.refresh_token and second.access_token != first.access_token
-    # The old token stops working (and, being a reuse, ends the session: tested below).
-    stored = db.execute(
-        "SELECT t.token_hash, t.rotated_at FROM refresh_tokens t JOIN refresh_sessions s USING (session_id) "
-        "WHERE s.user_id = %s ORDER BY t.created_at",
-        (user.user_id,),
-    ).fetchall()
-    assert [bytes(r["token_hash"]) for r in stored] == [
-        hashlib.sha256(first.refresh_token.encode()).digest(),
-        hashlib.sha256(second.refresh_token.encode()).digest(),
-    ]
-    assert stored[0]["rotated_at"] is not None and stored[1]["rotated_at"] is None
+    # Both tokens are known by their hashes, as the same session's; the second is current.
+    # (The old one stops working, and, being a reuse, ends the session: tested below.)
+    (session,) = sessions_of(cql, user.user_id)
+    for token in (first.refresh_token, second.refresh_token):
+        row = token_row(cql, token)
+        assert row is not None and (str(row["user_id"]), row["session_id"]) == (
+            user.user_id,
+            session["session_id"],
+        )
+    assert session["current_token_hash"] == hashlib.sha256(second.refresh_token.encode()).digest()
+    assert session["revoked"] is False and session["last_refresh_at"] is not None
+    assert session["ip_address"] == source and session["user_agent"].startswith("grpc-python/")
+    # The session's lifetime is its TTL: every column expires with it (30 days).
+    ttl = cql.execute(
+        "SELECT TTL(user_agent) AS ua, TTL(current_token_hash) AS hash, TTL(created_at) AS created "
+        "FROM user_refresh_sessions WHERE user_id = %s AND session_id = %s",
+        (uuid.UUID(user.user_id), session["session_id"]),
+    ).one()
+    assert ttl is not None and all(29 * 86400 < ttl[k] <= 30 * 86400 for k in ("ua", "hash", "created"))
     dump = json.dumps(
-        db.execute("SELECT * FROM refresh_sessions WHERE user_id = %s", (user.user_id,)).fetchall(),
+        [
+            sessions_of(cql, user.user_id),
+            token_row(cql, first.refresh_token),
+            token_row(cql, second.refresh_token),
+        ],
         default=str,
     )
     assert first.refresh_token not in dump and second.refresh_token not in dump
 
 
 def test_reusing_a_rotated_refresh_token_revokes_the_whole_session(
-    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]]
+    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]], cql: Session
 ) -> None:
     source = new_source()
     user = register(users, source)
@@ -212,10 +246,9 @@ def test_reusing_a_rotated_refresh_token_revokes_the_whole_session(
         grpc.StatusCode.UNAUTHENTICATED,
         "INVALID_CREDENTIALS",
     )
-    session = db.execute(
-        "SELECT revoked_reason FROM refresh_sessions WHERE user_id = %s", (user.user_id,)
-    ).fetchone()
-    assert session == {"revoked_reason": "TOKEN_REUSE"}
+    assert [(s["revoked"], s["revoked_reason"]) for s in sessions_of(cql, user.user_id)] == [
+        (True, "TOKEN_REUSE")
+    ]
     revoked = [r for r in audit_rows(db, user.user_id) if r["action"] == "session.revoked"]
     assert len(revoked) == 1 and revoked[0]["details"] == {"reason": "TOKEN_REUSE"}
     assert revoked[0]["source_ip"] == source
@@ -228,32 +261,40 @@ def test_reusing_a_rotated_refresh_token_revokes_the_whole_session(
 
 
 def test_concurrent_refreshes_of_one_token_issue_one_successor_and_end_the_session(
-    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]]
+    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]], cql: Session
 ) -> None:
     source = new_source()
     user = register(users, source)
     token = login(users, user.email, source).refresh_token
+    many = 24
 
     def refresh(_: int) -> str:
         try:
             return users.RefreshSession(pb.RefreshSessionRequest(refresh_token=token)).refresh_token
         except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc.details()
             return ""
 
-    with ThreadPoolExecutor(5) as pool:
-        successors = [t for t in pool.map(refresh, range(5)) if t]
+    with ThreadPoolExecutor(many) as pool:
+        successors = [t for t in pool.map(refresh, range(many)) if t]
+    # The compare-and-set let exactly one through; the others were reuse, which ended the
+    # session, audited once.
     assert len(successors) == 1
-    rows = db.execute(
-        "SELECT s.revoked_reason, count(*) FILTER (WHERE t.rotated_at IS NULL) AS live "
-        "FROM refresh_sessions s JOIN refresh_tokens t USING (session_id) WHERE s.user_id = %s "
-        "GROUP BY s.revoked_reason",
-        (user.user_id,),
-    ).fetchall()
-    assert rows == [{"revoked_reason": "TOKEN_REUSE", "live": 1}]
+    (session,) = sessions_of(cql, user.user_id)
+    assert (session["revoked"], session["revoked_reason"]) == (True, "TOKEN_REUSE")
+    assert session["current_token_hash"] == hashlib.sha256(successors[0].encode()).digest()
+    actions = [r["action"] for r in audit_rows(db, user.user_id)]
+    assert (actions.count("session.refreshed"), actions.count("session.revoked")) == (1, 1)
+    refused(
+        lambda: users.RefreshSession(pb.RefreshSessionRequest(refresh_token=successors[0])),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_CREDENTIALS",
+    )
 
 
-def test_logout_is_idempotent_and_revoke_all_ends_every_open_session(users: UserServiceStub) -> None:
+def test_logout_is_idempotent_and_revoke_all_ends_every_open_session(
+    users: UserServiceStub, db: psycopg.Connection[dict[str, Any]], cql: Session
+) -> None:
     source = new_source()
     user = register(users, source)
     one, two, three = (login(users, user.email, source).refresh_token for _ in range(3))
@@ -280,6 +321,12 @@ def test_logout_is_idempotent_and_revoke_all_ends_every_open_session(users: User
         grpc.StatusCode.NOT_FOUND,
         "USER_NOT_FOUND",
     )
+    reasons = sorted(s["revoked_reason"] for s in sessions_of(cql, user.user_id))
+    assert reasons == ["LOGOUT", "REVOKE_ALL", "REVOKE_ALL"]
+    trail = [(r["action"], r["details"]) for r in audit_rows(db, user.user_id)]
+    assert [d["reason"] for a, d in trail if a == "session.revoked"] == ["LOGOUT"]  # once, not twice
+    (revoke_all,) = [d for a, d in trail if a == "user.sessions_revoked"]
+    assert len(revoke_all["session_ids"]) == 2
 
 
 # -- profiles, optimistic locking and the cache ----------------------------------------------
@@ -562,6 +609,8 @@ def test_kyc_refusals_name_what_is_wrong(
 def test_the_export_holds_the_personal_data_and_no_secret(users: UserServiceStub) -> None:
     source = new_source()
     user = register(users, source)
+    ended = login(users, user.email, source)
+    users.Logout(pb.LogoutRequest(refresh_token=ended.refresh_token))
     session = login(users, user.email, source)
     users.SubmitKycDocument(kyc_request(user, Doc.DOCUMENT_TYPE_PASSPORT, reference="kyc/passport-1.jpg"))
     export = users.ExportUserData(pb.ExportUserDataRequest(user_id=user.user_id)).data_export
@@ -571,20 +620,28 @@ def test_the_export_holds_the_personal_data_and_no_secret(users: UserServiceStub
         "Someone",
     )
     assert [d.document_reference for d in export.kyc_documents] == ["kyc/passport-1.jpg"]
+    # The sessions (from Cassandra), newest first, the logged-out one too while it is stored.
     assert [(s.state, s.ip_address, s.user_agent.startswith("grpc-python/")) for s in export.sessions] == [
-        (pb.SessionSummary.STATE_ACTIVE, source, True)
+        (pb.SessionSummary.STATE_ACTIVE, source, True),
+        (pb.SessionSummary.STATE_REVOKED, source, True),
     ]
+    assert all(s.expire_time.seconds > s.create_time.seconds for s in export.sessions)
     raw = export.SerializeToString()
-    for secret in (PASSWORD, session.refresh_token, session.access_token, "$argon2"):
+    for secret in (PASSWORD, session.refresh_token, session.access_token, ended.refresh_token, "$argon2"):
         assert secret.encode() not in raw
 
 
 def test_erasure_anonymises_every_personal_field_and_keeps_the_id(
-    users: UserServiceStub, users_as_fraud: UserServiceStub, db: psycopg.Connection[dict[str, Any]]
+    users: UserServiceStub,
+    users_as_fraud: UserServiceStub,
+    db: psycopg.Connection[dict[str, Any]],
+    cql: Session,
 ) -> None:
     source = new_source()
     user = register(users, source, display_name="Erin Erasable")
+    refresh_token = login(users, user.email, source).refresh_token
     login(users, user.email, source)
+    assert [s["ip_address"] for s in sessions_of(cql, user.user_id)] == [source, source]
     users.UpdateUserProfile(profile_update(user, 1, ["display_name"], display_name="Erin Renamed"))
     document = users.SubmitKycDocument(kyc_request(user, Doc.DOCUMENT_TYPE_PASSPORT, "kyc/erin.jpg")).document
     review(users, user, document.document_id, reason="name is Erin Erasable, not visible")
@@ -601,7 +658,7 @@ def test_erasure_anonymises_every_personal_field_and_keeps_the_id(
     assert users.GetUser(pb.GetUserRequest(user_id=user.user_id)).user == erased  # the cache too
 
     personal = [user.email, user.email.lower(), user.phone, "Erin", "kyc/erin.jpg", source]
-    tables = ["users", "user_profiles", "kyc_documents", "refresh_sessions", "audit_log"]
+    tables = ["users", "user_profiles", "kyc_documents", "audit_log"]
     for table in tables:
         rows = db.execute(
             f"SELECT * FROM {table} WHERE {'subject_id' if table == 'audit_log' else 'user_id'} = %s",
@@ -613,9 +670,15 @@ def test_erasure_anonymises_every_personal_field_and_keeps_the_id(
         "SELECT email, phone, password_hash, state FROM users WHERE user_id = %s", (user.user_id,)
     ).fetchone()
     assert row == {"email": "", "phone": "", "password_hash": "", "state": "ERASED"}
-    assert db.execute(
-        "SELECT count(*) AS n FROM refresh_sessions WHERE user_id = %s", (user.user_id,)
-    ).fetchone() == {"n": 0}
+    # The sessions (their addresses and user agents) are gone from Cassandra; the token's
+    # lookup row (a hash and ids, nothing personal) finds no session to refresh.
+    assert sessions_of(cql, user.user_id) == []
+    assert source not in json.dumps(token_row(cql, refresh_token), default=str)
+    refused(
+        lambda: users.RefreshSession(pb.RefreshSessionRequest(refresh_token=refresh_token)),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_CREDENTIALS",
+    )
     # The KYC record stays (type, verdict, dates), without its media reference.
     kyc = db.execute(
         "SELECT document_type, state, document_reference FROM kyc_documents WHERE user_id = %s",

@@ -81,3 +81,23 @@ def test_amounts_use_the_currency_exponent_and_integers() -> None:
     assert amount_text(Money(amount_minor=5, currency="USD")) == "0.05 USD"
     assert amount_text(Money(amount_minor=1500, currency="JPY")) == "1500 JPY"
     assert amount_text(Money(amount_minor=1234, currency="KWD")) == "1.234 KWD"
+
+
+def test_a_refund_is_told_to_its_payer_when_it_succeeds_or_fails_only() -> None:
+    from interpay.payments.v1 import payments_service_pb2 as payments_pb
+
+    from services.notifications.domain.templates import for_payment, for_refund
+
+    refund = payments_pb.Refund(payment_id="p", amount=Money(amount_minor=1_250, currency="EUR"))
+    done = for_refund("interpay.payments.v1.RefundSucceeded", refund, "order 7")
+    assert done is not None and done.template == "refund_succeeded"
+    assert done.body == "12.50 EUR of your payment for order 7 has been refunded to you."
+    failed = for_refund("interpay.payments.v1.RefundFailed", refund, "")
+    assert (
+        failed is not None and failed.template == "refund_failed" and "of your payment could" in failed.body
+    )
+    assert for_refund("interpay.payments.v1.RefundCreated", refund, "order 7") is None
+    # The payment's own refund events are no second notification of the same refund.
+    payment = payments_pb.Payment(refunded_amount=refund.amount, captured_amount=refund.amount)
+    assert for_payment("interpay.payments.v1.PaymentPartiallyRefunded", payment) is None
+    assert for_payment("interpay.payments.v1.PaymentRefunded", payment) is None

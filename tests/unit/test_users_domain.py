@@ -16,6 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import code_pb2, error_details_pb2
 
+from services.framework.edge_context import client_ip, forwarder, peer_ip
+from services.framework.identity import Caller
+from services.framework.topology import GATEWAY, OPERATOR
 from services.users.adapters.tokens import TokenIssuer
 from services.users.domain.model import (
     DocumentType,
@@ -32,7 +35,7 @@ from services.users.domain.model import (
     limits_for,
     profile_changes,
 )
-from services.users.entrypoints.callers import actor, peer_ip, source_ip
+from services.users.entrypoints.callers import actor
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -138,18 +141,23 @@ def test_too_many_attempts_carries_retry_info_and_the_delay_in_error_info() -> N
     )
 
 
-def test_the_source_address_prefers_the_edge_then_forwarded_for_then_the_peer() -> None:
+def test_the_source_address_is_the_forwarders_say_else_the_peer() -> None:
     assert peer_ip("ipv4:10.1.2.3:5555") == "10.1.2.3"
     assert peer_ip("ipv6:[::1]:5555") == "::1"
     assert peer_ip("unix:/tmp/socket") == ""
     peer = "ipv4:127.0.0.1:5000"
-    assert source_ip({}, peer) == "127.0.0.1"
-    assert source_ip({"x-forwarded-for": "203.0.113.7, 10.0.0.1"}, peer) == "203.0.113.7"
-    assert source_ip({"x-forwarded-for": "not an ip"}, peer) == "127.0.0.1"
-    assert (
-        source_ip({"x-envoy-external-address": "198.51.100.2", "x-forwarded-for": "203.0.113.7"}, peer)
-        == "198.51.100.2"
-    )
+    both = [("x-envoy-external-address", "198.51.100.2"), ("x-forwarded-for", "203.0.113.7")]
+    gateway, operator = Caller(GATEWAY, True), Caller(OPERATOR, True)
+    assert forwarder(gateway) and forwarder(operator)
+    # Only the gateway and the operator's tooling may say who the client is ...
+    assert client_ip(both, peer, forwarder(gateway)) == "198.51.100.2"
+    assert client_ip([("x-forwarded-for", "203.0.113.7, 10.0.0.1")], peer, True) == "203.0.113.7"
+    assert client_ip([("x-forwarded-for", "not an ip")], peer, True) == "127.0.0.1"
+    assert client_ip([], peer, True) == "127.0.0.1"
+    # ... a peer service, an unverified caller or a forged name cannot.
+    for caller in (Caller("payments", True), Caller(GATEWAY, False), Caller("ipv4:127.0.0.1:1", False)):
+        assert not forwarder(caller)
+        assert client_ip(both, peer, forwarder(caller)) == "127.0.0.1"
 
 
 def test_the_actor_is_the_user_of_a_valid_token_only() -> None:

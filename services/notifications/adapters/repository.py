@@ -19,6 +19,8 @@ _DELIVERY = (
 _ATTEMPT = "delivery_id, attempt_number, attempted_at, response_status_code, duration_ms, error, manual"
 
 Row = dict[str, Any]
+# The first key of the two-key advisory locks taken on a payment (its id's hash the second).
+_PAYMENT_LOCK_SPACE = 0x4E0F
 
 
 class NotificationRepository:
@@ -58,6 +60,46 @@ class NotificationRepository:
         cur = await self.conn.execute("SELECT user_id FROM wallet_owners WHERE wallet_id = %s", (wallet_id,))
         row = await cur.fetchone()
         return row["user_id"] if row else None
+
+    # -- payments' parties, for refund events ----------------------------------------------
+    async def lock_payment(self, payment_id: uuid.UUID) -> None:
+        """Serialises, until the transaction ends, everything done about one payment's
+        parties: learning them, and a refund event of the payment finding them or waiting."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_PAYMENT_LOCK_SPACE, str(payment_id))
+        )
+
+    async def learn_payment(
+        self, payment_id: uuid.UUID, merchant_id: uuid.UUID, payer_user_id: uuid.UUID | None, label: str
+    ) -> bool:
+        """True if the payment was not known before."""
+        cur = await self.conn.execute(
+            "INSERT INTO payment_parties (payment_id, merchant_id, payer_user_id, label) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+            (payment_id, merchant_id, payer_user_id, label),
+        )
+        return await cur.fetchone() is not None
+
+    async def payment_parties(self, payment_id: uuid.UUID) -> Row | None:
+        cur = await self.conn.execute(
+            "SELECT payment_id, merchant_id, payer_user_id, label FROM payment_parties WHERE payment_id = %s",
+            (payment_id,),
+        )
+        return await cur.fetchone()
+
+    async def hold_refund_event(self, event_id: uuid.UUID, payment_id: uuid.UUID, envelope: bytes) -> None:
+        await self.conn.execute(
+            "INSERT INTO pending_refund_events (event_id, payment_id, envelope) VALUES (%s, %s, %s)",
+            (event_id, payment_id, envelope),
+        )
+
+    async def release_refund_events(self, payment_id: uuid.UUID) -> list[bytes]:
+        """The refund events that waited for this payment, in arrival order, no longer waiting."""
+        cur = await self.conn.execute(
+            "DELETE FROM pending_refund_events WHERE payment_id = %s RETURNING position, envelope",
+            (payment_id,),
+        )
+        return [bytes(r["envelope"]) for r in sorted(await cur.fetchall(), key=lambda r: r["position"])]
 
     async def get_notification(self, notification_id: uuid.UUID) -> Row | None:
         cur = await self.conn.execute(

@@ -32,11 +32,18 @@ class Rendered:
     body: str
 
 
+def payment_label(payment: payments_pb.Payment) -> str:
+    """What a payment is called in its payer's notifications."""
+    return payment.description or payment.merchant_reference
+
+
 def for_payment(event_type: str, payment: payments_pb.Payment) -> Rendered | None:
     """The payer's notification for a payment event, or None if the event is not one a
-    payer hears about."""
+    payer hears about. Refunds are told from the refund's own events (`for_refund`), one
+    notification per refund: the payment's PaymentRefunded / PaymentPartiallyRefunded,
+    which follow a successful refund, tell nothing more."""
     what = event_type.rsplit(".", 1)[-1]
-    label = payment.description or payment.merchant_reference or "your payment"
+    label = payment_label(payment) or "your payment"
     if what == "PaymentCaptured":
         return Rendered(
             "payment_captured",
@@ -50,12 +57,27 @@ def for_payment(event_type: str, payment: payments_pb.Payment) -> Rendered | Non
             f"Your payment of {amount_text(payment.amount)} for {label} did not go through; "
             "you were not charged.",
         )
-    if what in ("PaymentRefunded", "PaymentPartiallyRefunded"):
+    return None
+
+
+def for_refund(event_type: str, refund: payments_pb.Refund, label: str) -> Rendered | None:
+    """The payer's notification for a refund event (`label`: the payment's, as
+    `payment_label` names it), or None for one a payer does not hear about (a refund
+    accepted but not yet done)."""
+    what = event_type.rsplit(".", 1)[-1]
+    of = f"your payment for {label}" if label else "your payment"
+    if what == "RefundSucceeded":
         return Rendered(
-            "payment_refunded",
+            "refund_succeeded",
             "Refund received",
-            f"{amount_text(payment.refunded_amount)} of your payment for {label} has been refunded "
-            f"(of {amount_text(payment.captured_amount)} paid).",
+            f"{amount_text(refund.amount)} of {of} has been refunded to you.",
+        )
+    if what == "RefundFailed":
+        return Rendered(
+            "refund_failed",
+            "Refund failed",
+            f"The refund of {amount_text(refund.amount)} of {of} could not be completed; "
+            "the merchant can try again.",
         )
     return None
 

@@ -5,8 +5,17 @@ the transaction that also records the event as processed, so each event makes it
 notification and its deliveries exactly once. It only stores: webhooks are sent later by
 `Deliveries.send_due` (service_layer/deliveries.py), from the stored schedule.
 
-Topics: `interpay.events.v1.payment` (payer notifications, merchant webhooks) and
-`interpay.events.v1.wallet` (transfer notifications to the wallets' owners).
+Topics: `interpay.events.v1.payment` (payer notifications, merchant webhooks),
+`interpay.events.v1.refund` (the same, for refunds) and `interpay.events.v1.wallet`
+(transfer notifications to the wallets' owners).
+
+A refund event names its payment only; its payer and merchant are learnt from the
+payment's events (`payment_parties`). Kafka orders the events of one topic's partition,
+not those of two topics, so a refund event may be read before any event of its payment.
+It then waits in `pending_refund_events` (recorded as processed: its effect is to wait)
+and is applied in the transaction that learns the payment, in arrival order. Waiting
+inside the consumer instead (a transient error, retried) would stall it: one consumer
+reads all three topics, so the payment event the refund waits for would never be read.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from services.framework.outbox import topic_for
 from services.notifications.adapters.repository import NotificationRepository
 from services.notifications.domain import templates
 
-TOPICS = (topic_for("payment"), topic_for("wallet"))
+TOPICS = (topic_for("payment"), topic_for("refund"), topic_for("wallet"))
 
 
 class UnexpectedPayload(ValueError):
@@ -72,6 +81,9 @@ class EventHandler:
         if envelope.aggregate_type == "wallet":
             await self._wallet(repo, envelope, event_id, now)
             return
+        if envelope.aggregate_type == "refund":
+            await self._refund(repo, envelope, event_id, now)
+            return
         if envelope.aggregate_type != "payment":
             return  # nothing to say about it
         payment: payments_pb.Payment = unpack(envelope, payments_pb.Payment)
@@ -87,7 +99,61 @@ class EventHandler:
                 rendered.body,
                 now,
             )
-        await self._deliveries(repo, envelope, payment, now)
+        await self._deliveries(repo, envelope, payment.merchant_id, payment, now)
+        await self._learn_payment(repo, payment, now)
+
+    # -- refunds --------------------------------------------------------------------------
+    async def _learn_payment(
+        self, repo: NotificationRepository, payment: payments_pb.Payment, now: datetime
+    ) -> None:
+        """Remembers the payment's payer and merchant (the first of its events does), and
+        applies the refund events that were waiting for them."""
+        payment_id = uuid.UUID(payment.payment_id)
+        await repo.lock_payment(payment_id)
+        payer = uuid.UUID(payment.payer_user_id) if payment.payer_user_id else None
+        label = templates.payment_label(payment)
+        if not await repo.learn_payment(payment_id, uuid.UUID(payment.merchant_id), payer, label):
+            return
+        for raw in await repo.release_refund_events(payment_id):
+            waited = EventEnvelope.FromString(raw)
+            refund: payments_pb.Refund = unpack(waited, payments_pb.Refund)
+            parties = {"merchant_id": payment.merchant_id, "payer_user_id": payer, "label": label}
+            await self._apply_refund(repo, waited, refund, parties, now)
+
+    async def _refund(
+        self, repo: NotificationRepository, envelope: EventEnvelope, event_id: uuid.UUID, now: datetime
+    ) -> None:
+        refund: payments_pb.Refund = unpack(envelope, payments_pb.Refund)
+        payment_id = uuid.UUID(refund.payment_id)
+        await repo.lock_payment(payment_id)
+        parties = await repo.payment_parties(payment_id)
+        if parties is None:
+            await repo.hold_refund_event(event_id, payment_id, envelope.SerializeToString())
+            return
+        await self._apply_refund(repo, envelope, refund, parties, now)
+
+    async def _apply_refund(
+        self,
+        repo: NotificationRepository,
+        envelope: EventEnvelope,
+        refund: payments_pb.Refund,
+        parties: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """The payer's notification (a refund done or failed) and the merchant's webhooks."""
+        rendered = templates.for_refund(envelope.event_type, refund, parties["label"])
+        if rendered is not None and parties["payer_user_id"] is not None:
+            await repo.add_notification(
+                parties["payer_user_id"],
+                "IN_APP",
+                rendered.template,
+                uuid.UUID(envelope.event_id),
+                envelope.event_type,
+                rendered.title,
+                rendered.body,
+                now,
+            )
+        await self._deliveries(repo, envelope, str(parties["merchant_id"]), refund, now)
 
     async def _wallet(
         self, repo: NotificationRepository, envelope: EventEnvelope, event_id: uuid.UUID, now: datetime
@@ -122,14 +188,16 @@ class EventHandler:
         self,
         repo: NotificationRepository,
         envelope: EventEnvelope,
-        payment: payments_pb.Payment,
+        merchant_id: str,
+        payload: Message,
         now: datetime,
     ) -> None:
-        """One delivery per endpoint of the merchant subscribed to the event's type. A
-        merchants service that cannot answer makes the consumer wait and retry (UNAVAILABLE
-        is transient), so no delivery is silently skipped."""
+        """One delivery of the event (its `payload` as the JSON's data) per endpoint of the
+        merchant subscribed to its type. A merchants service that cannot answer makes the
+        consumer wait and retry (UNAVAILABLE is transient), so no delivery is silently
+        skipped."""
         reply = await self.merchants.ListWebhookEndpointsForDelivery(
-            merchants_pb.ListWebhookEndpointsForDeliveryRequest(merchant_id=payment.merchant_id)
+            merchants_pb.ListWebhookEndpointsForDeliveryRequest(merchant_id=merchant_id)
         )
         subscribed = [
             e.webhook_endpoint
@@ -138,10 +206,10 @@ class EventHandler:
         ]
         if not subscribed:
             return
-        body = webhook_body(envelope, payment)
+        body = webhook_body(envelope, payload)
         for endpoint in subscribed:
             await repo.add_delivery(
-                uuid.UUID(payment.merchant_id),
+                uuid.UUID(merchant_id),
                 uuid.UUID(endpoint.endpoint_id),
                 endpoint.url,
                 uuid.UUID(envelope.event_id),

@@ -1,4 +1,8 @@
-"""SQL for transfers, payouts and the outcome references that make recording idempotent."""
+"""SQL for transfers, payouts and the outcome references that make recording idempotent.
+
+Every statement that creates a transfer or payout, or changes its state, bumps its
+`version` and writes that version's event to the outbox in the same transaction
+(adapters/events.py): an event exists if and only if its change committed."""
 
 from __future__ import annotations
 
@@ -8,17 +12,18 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from services.transfers.adapters.events import OUTBOX, payout_event, transfer_event
 from services.transfers.domain.model import Payout, PayoutRequest, Transfer, TransferRequest
 
 _TRANSFER_COLUMNS = (
     "transfer_id, source_wallet_id, destination_wallet_id, amount, currency, description, "
     "state, failure_code, failure_reason, failure_message, failure_metadata, ledger_transaction_id, "
-    "created_at, updated_at, client_context"
+    "created_at, updated_at, client_context, version"
 )
 _PAYOUT_COLUMNS = (
     "payout_id, source_wallet_id, destination, amount, currency, state, failure_code, "
     "failure_reason, failure_message, failure_metadata, rail_reference, ledger_transaction_id, "
-    "created_at, updated_at, client_context"
+    "created_at, updated_at, client_context, version"
 )
 
 
@@ -51,10 +56,12 @@ class TransferRepository:
 
     # -- transfers ------------------------------------------------------------------------
     async def insert_or_get(self, request: TransferRequest) -> Transfer:
-        await self.conn.execute(
-            "INSERT INTO transfers (transfer_id, source_wallet_id, destination_wallet_id, amount, "
-            "currency, description, client_context) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (transfer_id) DO NOTHING",
+        """The transfer with the request's id: created now (with its TransferCreated event),
+        or as it already was (no event)."""
+        cur = await self.conn.execute(
+            f"INSERT INTO transfers (transfer_id, source_wallet_id, destination_wallet_id, amount, "
+            f"currency, description, client_context) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            f"ON CONFLICT (transfer_id) DO NOTHING RETURNING {_TRANSFER_COLUMNS}",
             (
                 request.transfer_id,
                 request.source_wallet_id,
@@ -65,6 +72,11 @@ class TransferRepository:
                 request.client_context or None,
             ),
         )
+        row = await cur.fetchone()
+        if row is not None:
+            created = _transfer(row)
+            await OUTBOX.add(self.conn, [transfer_event(created)])
+            return created
         found = await self.get(request.transfer_id)
         assert found is not None
         return found
@@ -88,18 +100,21 @@ class TransferRepository:
     ) -> Transfer:
         cur = await self.conn.execute(
             f"UPDATE transfers SET state = %s, ledger_transaction_id = %s, failure_code = %s, "
-            f"failure_reason = %s, updated_at = now() WHERE transfer_id = %s AND state = 'PENDING' "
-            f"RETURNING {_TRANSFER_COLUMNS}",
+            f"failure_reason = %s, version = version + 1, updated_at = now() "
+            f"WHERE transfer_id = %s AND state = 'PENDING' RETURNING {_TRANSFER_COLUMNS}",
             (state, ledger_transaction_id, failure_code, failure_reason, transfer_id),
         )
         row = await cur.fetchone()
         assert row is not None, "the caller holds the transfer's lock and checked it is PENDING"
-        return _transfer(row)
+        settled = _transfer(row)
+        await OUTBOX.add(self.conn, [transfer_event(settled)])  # TransferCompleted / TransferFailed
+        return settled
 
     async def describe_transfer_failure(
         self, transfer_id: uuid.UUID, message: str, metadata: dict[str, str]
     ) -> Transfer | None:
-        """Keeps the details of a refusal, once (they never change)."""
+        """Keeps the details of a refusal, once (they never change). Not part of the
+        contract's Transfer: no new version, no event."""
         cur = await self.conn.execute(
             f"UPDATE transfers SET failure_message = %s, failure_metadata = %s "
             f"WHERE transfer_id = %s AND state = 'FAILED' AND failure_message IS NULL "
@@ -125,9 +140,11 @@ class TransferRepository:
 
     # -- payouts --------------------------------------------------------------------------
     async def insert_or_get_payout(self, request: PayoutRequest) -> Payout:
-        await self.conn.execute(
-            "INSERT INTO payouts (payout_id, source_wallet_id, destination, amount, currency, "
-            "client_context) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (payout_id) DO NOTHING",
+        """As insert_or_get: PayoutCreated only when it is created now."""
+        cur = await self.conn.execute(
+            f"INSERT INTO payouts (payout_id, source_wallet_id, destination, amount, currency, "
+            f"client_context) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (payout_id) DO NOTHING "
+            f"RETURNING {_PAYOUT_COLUMNS}",
             (
                 request.payout_id,
                 request.source_wallet_id,
@@ -137,6 +154,11 @@ class TransferRepository:
                 request.client_context or None,
             ),
         )
+        row = await cur.fetchone()
+        if row is not None:
+            created = _payout(row)
+            await OUTBOX.add(self.conn, [payout_event(created)])
+            return created
         found = await self.get_payout(request.payout_id)
         assert found is not None
         return found
@@ -161,12 +183,15 @@ class TransferRepository:
         cur = await self.conn.execute(
             f"UPDATE payouts SET state = %s, rail_reference = coalesce(%s, rail_reference), "
             f"ledger_transaction_id = coalesce(%s, ledger_transaction_id), failure_code = %s, "
-            f"failure_reason = %s, updated_at = now() WHERE payout_id = %s RETURNING {_PAYOUT_COLUMNS}",
+            f"failure_reason = %s, version = version + 1, updated_at = now() WHERE payout_id = %s "
+            f"RETURNING {_PAYOUT_COLUMNS}",
             (state, rail_reference, ledger_transaction_id, failure_code, failure_reason, payout_id),
         )
         row = await cur.fetchone()
         assert row is not None
-        return _payout(row)
+        moved = _payout(row)
+        await OUTBOX.add(self.conn, [payout_event(moved)])  # PayoutProcessing / Completed / Failed
+        return moved
 
     async def describe_payout_failure(
         self, payout_id: uuid.UUID, message: str, metadata: dict[str, str]

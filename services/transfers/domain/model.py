@@ -44,6 +44,8 @@ class Transfer:
     created_at: datetime
     updated_at: datetime
     client_context: bytes | None = None
+    # 1 when created, one more with each change of state: its events' aggregate_version.
+    version: int = 1
 
     @property
     def saga_reference(self) -> str:
@@ -82,6 +84,7 @@ class Payout:
     created_at: datetime
     updated_at: datetime
     client_context: bytes | None = None
+    version: int = 1  # as Transfer's
 
     @property
     def saga_reference(self) -> str:
@@ -114,6 +117,14 @@ def check_payout_outcome(payout: Payout, to_state: str) -> bool:
     if _PAYOUT_RANK[to_state] <= _PAYOUT_RANK[payout.state]:
         raise InvalidOutcome("payout", payout.payout_id, payout.state, to_state)
     return True
+
+
+def masked(value: str, keep_start: int = 0, keep_end: int = 4) -> str:
+    """`value` with every character but the first `keep_start` and the last `keep_end`
+    replaced by "*", its length kept; wholly masked if it is too short to keep any."""
+    if len(value) <= keep_start + keep_end:
+        return "*" * len(value)
+    return value[:keep_start] + "*" * (len(value) - keep_start - keep_end) + value[len(value) - keep_end :]
 
 
 def failure_status(reason: str) -> str:

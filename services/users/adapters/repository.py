@@ -1,6 +1,7 @@
-"""SQL for users, profiles, refresh sessions and KYC documents, on one connection inside
-the caller's transaction. Lock order everywhere: the user row (with its profile) first,
-then sessions or documents, so writers queue but never deadlock."""
+"""SQL for users, profiles and KYC documents, on one connection inside the caller's
+transaction. Lock order everywhere: the user row (with its profile) first, then
+documents, so writers queue but never deadlock. (Refresh sessions are in Cassandra:
+adapters/sessions.py; the user's row lock orders them too.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from services.users.domain.model import (
     IdentifierTaken,
     KycDocument,
     PendingDocumentExists,
-    SessionRecord,
     User,
     UserState,
 )
@@ -25,9 +25,6 @@ _USER_SELECT = (
     "SELECT u.user_id, u.email, u.phone, u.state, u.kyc_level, u.version, u.created_at, u.updated_at, "
     "p.display_name, p.country_code, p.preferred_language, p.version AS profile_version "
     "FROM users u JOIN user_profiles p USING (user_id) "
-)
-_SESSION_COLUMNS = (
-    "session_id, user_id, ip_address, user_agent, created_at, last_refresh_at, expires_at, revoked_at"
 )
 _DOCUMENT_COLUMNS = (
     "document_id, user_id, document_type, document_reference, issuing_country, state, "
@@ -50,10 +47,6 @@ def _user(row: dict[str, Any]) -> User:
         updated_at=row["updated_at"],
         version=row["version"],
     )
-
-
-def _session(row: dict[str, Any]) -> SessionRecord:
-    return SessionRecord(**{k: row[k] for k in _SESSION_COLUMNS.split(", ")})
 
 
 def _document(row: dict[str, Any]) -> KycDocument:
@@ -98,10 +91,11 @@ class UserRepository:
             (user_id, display_name, country_code),
         )
 
-    async def get(self, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
-        # NO KEY UPDATE, not UPDATE: sessions and documents referencing the user take
-        # KEY SHARE on it, which must not queue behind a profile change.
-        suffix = " FOR NO KEY UPDATE" if lock else ""
+    async def get(self, user_id: uuid.UUID, *, lock: bool = False, lock_shared: bool = False) -> User | None:
+        # NO KEY UPDATE, not UPDATE: documents referencing the user take KEY SHARE on it,
+        # which must not queue behind a profile change. SHARE (a refresh): excludes the
+        # writers that end sessions, not other refreshes.
+        suffix = " FOR NO KEY UPDATE" if lock else " FOR SHARE" if lock_shared else ""
         cur = await self.conn.execute(_USER_SELECT + "WHERE u.user_id = %s" + suffix, (user_id,))
         row = await cur.fetchone()
         return _user(row) if row else None
@@ -143,8 +137,9 @@ class UserRepository:
         )
 
     async def erase(self, user_id: uuid.UUID) -> None:
-        """Empties every personal field and the password hash; removes the sessions and
-        the KYC documents' media references. The user id and state stay."""
+        """Empties every personal field and the password hash and the KYC documents' media
+        references. The user id and state stay. (The sessions, in Cassandra, are the
+        caller's to delete.)"""
         await self.conn.execute(
             "UPDATE users SET email = '', phone = '', password_hash = '', state = 'ERASED', "
             "version = version + 1, updated_at = now() WHERE user_id = %s",
@@ -155,9 +150,6 @@ class UserRepository:
             "version = version + 1, updated_at = now() WHERE user_id = %s",
             (user_id,),
         )
-        await self.conn.execute(
-            "DELETE FROM refresh_sessions WHERE user_id = %s", (user_id,)
-        )  # tokens cascade
         await self.conn.execute(
             "UPDATE kyc_documents SET document_reference = '', "
             "rejection_reason = CASE WHEN rejection_reason IS NULL THEN NULL ELSE '' END, "
@@ -172,103 +164,6 @@ class UserRepository:
             (new_hash, user_id, old_hash),
         )
         return cur.rowcount == 1
-
-    # -- sessions ------------------------------------------------------------------------
-    async def add_session(
-        self,
-        session_id: uuid.UUID,
-        user_id: uuid.UUID,
-        token_hash: bytes,
-        expires_at: datetime,
-        ip_address: str,
-        user_agent: str,
-    ) -> SessionRecord:
-        cur = await self.conn.execute(
-            f"INSERT INTO refresh_sessions (session_id, user_id, expires_at, ip_address, user_agent) "
-            f"VALUES (%s, %s, %s, %s, %s) RETURNING {_SESSION_COLUMNS}",
-            (session_id, user_id, expires_at, ip_address, user_agent),
-        )
-        row = await cur.fetchone()
-        await self.add_token(session_id, token_hash)
-        assert row is not None
-        return _session(row)
-
-    async def add_token(self, session_id: uuid.UUID, token_hash: bytes) -> None:
-        await self.conn.execute(
-            "INSERT INTO refresh_tokens (token_hash, session_id) VALUES (%s, %s)", (token_hash, session_id)
-        )
-
-    async def session_by_token(self, token_hash: bytes) -> tuple[SessionRecord, datetime | None] | None:
-        """The session a token belongs to, locked, and when the token was rotated (None if
-        it is the session's current token)."""
-        cur = await self.conn.execute(
-            "SELECT t.rotated_at, "
-            + ", ".join(f"s.{c}" for c in _SESSION_COLUMNS.split(", "))
-            + " FROM refresh_tokens t JOIN refresh_sessions s USING (session_id) "
-            "WHERE t.token_hash = %s FOR NO KEY UPDATE OF s",
-            (token_hash,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        return _session(row), row["rotated_at"]
-
-    async def rotate_token(
-        self, session_id: uuid.UUID, old_hash: bytes, new_hash: bytes, expires_at: datetime
-    ) -> SessionRecord | None:
-        """Marks the presented token rotated and adds its successor; None when the token
-        was rotated meanwhile (the UPDATE re-checks the row's latest version)."""
-        cur = await self.conn.execute(
-            "UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = %s AND rotated_at IS NULL",
-            (old_hash,),
-        )
-        if cur.rowcount != 1:
-            return None
-        await self.add_token(session_id, new_hash)
-        cur = await self.conn.execute(
-            f"UPDATE refresh_sessions SET last_refresh_at = now(), expires_at = %s "
-            f"WHERE session_id = %s RETURNING {_SESSION_COLUMNS}",
-            (expires_at, session_id),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return _session(row)
-
-    async def revoke_session(self, session_id: uuid.UUID, reason: str) -> bool:
-        cur = await self.conn.execute(
-            "UPDATE refresh_sessions SET revoked_at = now(), revoked_reason = %s "
-            "WHERE session_id = %s AND revoked_at IS NULL",
-            (reason, session_id),
-        )
-        return cur.rowcount == 1
-
-    async def revoke_user_sessions(self, user_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
-        """Revokes every session still open (not revoked, not expired); returns their ids."""
-        cur = await self.conn.execute(
-            "UPDATE refresh_sessions SET revoked_at = now(), revoked_reason = %s "
-            "WHERE user_id = %s AND revoked_at IS NULL AND expires_at > now() RETURNING session_id",
-            (reason, user_id),
-        )
-        return [row["session_id"] for row in await cur.fetchall()]
-
-    async def list_sessions(self, user_id: uuid.UUID) -> list[SessionRecord]:
-        cur = await self.conn.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM refresh_sessions WHERE user_id = %s "
-            f"ORDER BY created_at DESC, session_id DESC",
-            (user_id,),
-        )
-        return [_session(r) for r in await cur.fetchall()]
-
-    async def purge_sessions(self, ended_before: datetime, batch: int) -> int:
-        """Deletes sessions that ended (revoked or expired) before the cutoff: sessions
-        are kept for a limited time only."""
-        cur = await self.conn.execute(
-            "DELETE FROM refresh_sessions WHERE session_id IN ("
-            "SELECT session_id FROM refresh_sessions "
-            "WHERE coalesce(revoked_at, expires_at) < %s LIMIT %s)",
-            (ended_before, batch),
-        )
-        return cur.rowcount
 
     # -- KYC documents -------------------------------------------------------------------
     async def add_document(

@@ -139,6 +139,7 @@ class SessionRecord:
     last_refresh_at: datetime | None
     expires_at: datetime
     revoked_at: datetime | None
+    revoked_reason: str | None = None
 
     def state(self, now: datetime) -> SessionState:
         if self.revoked_at is not None:

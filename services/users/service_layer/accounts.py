@@ -1,5 +1,8 @@
 """Users and their profiles: reads through the profile cache, optimistic profile
-updates, soft deletion, the GDPR export and erasure, and the fraud service's risk view."""
+updates, soft deletion, the GDPR export and erasure, and the fraud service's risk view.
+Deletion and erasure end or delete the user's sessions (Cassandra) inside their
+PostgreSQL transaction, under the user's lock: if Cassandra fails, nothing is committed
+and the caller gets UNAVAILABLE (a retry finishes the job)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from datetime import UTC, datetime
 from services.users.adapters import audit
 from services.users.adapters.audit import Caller
 from services.users.adapters.profile_cache import ProfileCache
+from services.users.adapters.sessions import SessionStore
 from services.users.domain.model import (
     PERSONAL_AUDIT_KEYS,
     KycDocument,
@@ -41,8 +45,9 @@ class RiskProfile:
 
 
 class Accounts:
-    def __init__(self, uow: UnitOfWork, cache: ProfileCache | None = None) -> None:
+    def __init__(self, uow: UnitOfWork, sessions: SessionStore, cache: ProfileCache | None = None) -> None:
         self.uow = uow
+        self.sessions = sessions
         self.cache = cache
 
     async def get_user(self, user_id: uuid.UUID) -> User:
@@ -102,7 +107,7 @@ class Accounts:
             if user.state == UserState.DELETED:
                 return user  # already deleted: retry-safe
             await work.repo.set_state(user_id, UserState.DELETED)
-            revoked = await work.repo.revoke_user_sessions(user_id, "USER_DELETED")
+            revoked = await self.sessions.revoke_all(user_id, "USER_DELETED", datetime.now(UTC))
             await audit.record(
                 work.conn,
                 caller,
@@ -130,6 +135,7 @@ class Accounts:
             if user.state == UserState.ERASED:
                 return user
             await work.repo.erase(user_id)
+            sessions_deleted = await self.sessions.erase(user_id)
             redacted = await audit.redact_subject(work.conn, user_id, PERSONAL_AUDIT_KEYS)
             await audit.record(
                 work.conn,
@@ -140,7 +146,11 @@ class Accounts:
                 subject_id=user_id,
                 before={"state": user.state},
                 after={"state": UserState.ERASED.value},
-                details={"reason": reason, "audit_rows_redacted": redacted},
+                details={
+                    "reason": reason,
+                    "audit_rows_redacted": redacted,
+                    "sessions_deleted": sessions_deleted,
+                },
             )
             work.changed = True
             erased = await work.repo.get(user_id)
@@ -148,14 +158,14 @@ class Accounts:
         return erased
 
     async def export_user_data(self, user_id: uuid.UUID) -> UserDataExport:
-        async with self.uow.transaction() as repo:
-            # One snapshot: the user, documents and sessions as of the same instant.
-            await repo.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        async with self.uow.snapshot() as repo:  # the user and documents as of one instant
             user = await repo.get(user_id)
             if user is None:
                 raise UserNotFound(user_id)
             documents = await repo.list_documents(user_id, limit=10_000)
-            sessions = await repo.list_sessions(user_id)
+        # Sessions are in Cassandra; without them the export would be incomplete, so a
+        # Cassandra outage makes the export UNAVAILABLE rather than silently partial.
+        sessions = await self.sessions.of_user(user_id)
         return UserDataExport(user, documents, sessions, datetime.now(UTC))
 
     async def risk_profile(self, user_id: uuid.UUID) -> RiskProfile:

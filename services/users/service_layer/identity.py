@@ -1,6 +1,9 @@
-"""Registration, login and sessions: each use case one database transaction, every state
-change audited in it. Passwords and refresh tokens exist here only in memory: the
-database gets an argon2 hash and SHA-256 hashes, logs and errors get neither."""
+"""Registration, login and sessions: each use case one PostgreSQL transaction, every state
+change audited in it. Sessions live in Cassandra (adapters/sessions.py); a use case that
+changes one does so inside its PostgreSQL transaction, under the user's row lock where
+the user's state matters, so a Cassandra failure rolls the audit back and the caller gets
+UNAVAILABLE. Passwords and refresh tokens exist here only in memory: the databases get an
+argon2 hash and SHA-256 hashes, logs and errors get neither."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from services.users.adapters import audit
 from services.users.adapters.audit import Caller
 from services.users.adapters.login_throttle import LoginThrottle
 from services.users.adapters.repository import UserRepository
+from services.users.adapters.sessions import Rotation, SessionStore, StoredSession
 from services.users.adapters.tokens import TokenIssuer
 from services.users.domain.model import (
     InvalidCredentials,
@@ -35,9 +39,14 @@ from services.users.service_layer.unit_of_work import UnitOfWork
 
 log = logging.getLogger("interpay.users.identity")
 
-# A session lives this long after its last refresh, and never longer than the maximum.
-REFRESH_IDLE_TTL = timedelta(days=30)
-SESSION_MAX_AGE = timedelta(days=90)
+
+@dataclass(frozen=True)
+class SessionLifetime:
+    """A session lives `idle` after its last refresh, and never longer than `max_age`
+    after its login (INTERPAY_SESSION_IDLE_SECONDS, INTERPAY_SESSION_MAX_AGE_SECONDS)."""
+
+    idle: timedelta = timedelta(days=30)
+    max_age: timedelta = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -58,11 +67,15 @@ class Identity:
         self,
         uow: UnitOfWork,
         tokens: TokenIssuer,
+        sessions: SessionStore,
         throttle: LoginThrottle | None = None,
         hasher: PasswordHasher | None = None,
+        lifetime: SessionLifetime | None = None,
     ):
         self.uow = uow
         self.tokens = tokens
+        self.sessions = sessions
+        self.lifetime = lifetime or SessionLifetime()
         self.throttle = throttle
         self.hasher = hasher or PasswordHasher()  # argon2id with the library's current defaults
         # Verified against when the email is unknown, so both paths cost the same time.
@@ -136,14 +149,19 @@ class Identity:
                     subject_id=user_id,
                     details={"parameters": rehashed.split("$")[3]},
                 )
-            session = await repo.add_session(
-                session_id,
-                user_id,
-                token_hash(refresh_token),
-                now + REFRESH_IDLE_TTL,
-                caller.source_ip,
-                caller.user_agent,
+            # Written while the user's lock is held: a deletion or erasure waiting on it
+            # finds (and ends) this session. If Cassandra fails, the audit rolls back.
+            session = SessionRecord(
+                session_id=session_id,
+                user_id=user_id,
+                ip_address=caller.source_ip,
+                user_agent=caller.user_agent,
+                created_at=now,
+                last_refresh_at=None,
+                expires_at=min(now + self.lifetime.idle, now + self.lifetime.max_age),
+                revoked_at=None,
             )
+            await self.sessions.open(session, token_hash(refresh_token), now + self.lifetime.max_age)
             await audit.record(
                 repo.conn,
                 user_caller,
@@ -181,53 +199,64 @@ class Identity:
     async def refresh(self, refresh_token: str, caller: Caller) -> Session:
         """Rotates the token. A rotated token presented again means two parties hold the
         session's tokens (one of them a thief): the whole session is revoked, committed
-        before the refusal is returned."""
+        before the refusal is returned. Two concurrent refreshes with one token: the
+        rotation is a compare-and-set (a lightweight transaction), so exactly one wins and
+        the others are reuse."""
         presented = token_hash(refresh_token)
         now = datetime.now(UTC)
-        issued: tuple[uuid.UUID, uuid.UUID, str] | None = None
-        suspended: uuid.UUID | None = None
+        found = await self.sessions.session_of_token(presented)
+        if found is None:
+            raise InvalidRefreshToken()
+        user_id, session_id = found
+        issued: str | None = None
+        suspended = False
         async with self.uow.transaction() as repo:
-            found = await repo.session_by_token(presented)
-            if found is not None:
-                session, rotated_at = found
-                reused = rotated_at is not None
-                if not reused and session.state(now) is SessionState.ACTIVE:
-                    user = await repo.get(session.user_id)
-                    if user is not None and user.state == UserState.SUSPENDED:
-                        suspended = user.user_id
-                    elif user is not None and user.state == UserState.ACTIVE:
-                        new_token = secrets.token_urlsafe(32)
-                        expires_at = min(now + REFRESH_IDLE_TTL, session.created_at + SESSION_MAX_AGE)
-                        # None when a concurrent refresh rotated the token first: reuse too.
-                        if await repo.rotate_token(
-                            session.session_id, presented, token_hash(new_token), expires_at
-                        ):
-                            await audit.record(
-                                repo.conn,
-                                caller.as_user(user.user_id),
-                                "session.refreshed",
-                                "session",
-                                session.session_id,
-                                subject_id=user.user_id,
-                                after={"expires_at": expires_at.isoformat()},
-                            )
-                            issued = (user.user_id, session.session_id, new_token)
-                        else:
-                            reused = True
-                if reused:
-                    await self._revoke_reused(repo, session, caller)
-        if suspended is not None:
-            raise UserSuspended(suspended)
+            # A shared lock on the user: a deletion, erasure or revoke-all (exclusive on
+            # the user) waits for this refresh or comes first, never in the middle;
+            # refreshes do not wait for one another (the compare-and-set decides).
+            user = await repo.get(user_id, lock_shared=True)
+            stored = await self.sessions.get(user_id, session_id)
+            if stored is None:
+                pass  # expired (TTL) or erased
+            elif stored.current_token_hash != presented:
+                await self._revoke_reused(repo, stored, caller, now)
+            elif stored.record.state(now) is not SessionState.ACTIVE:
+                pass
+            elif user is not None and user.state == UserState.SUSPENDED:
+                suspended = True
+            elif user is not None and user.state == UserState.ACTIVE:
+                new_token = secrets.token_urlsafe(32)
+                created = stored.record.created_at
+                expires_at = min(now + self.lifetime.idle, created + self.lifetime.max_age)
+                rotation = await self.sessions.rotate(
+                    stored, presented, token_hash(new_token), expires_at, now, created + self.lifetime.max_age
+                )
+                if rotation is Rotation.ROTATED:
+                    await audit.record(
+                        repo.conn,
+                        caller.as_user(user_id),
+                        "session.refreshed",
+                        "session",
+                        session_id,
+                        subject_id=user_id,
+                        after={"expires_at": expires_at.isoformat()},
+                    )
+                    issued = new_token
+                elif rotation is Rotation.REUSED:  # a concurrent refresh rotated it first
+                    await self._revoke_reused(repo, stored, caller, now)
+        if suspended:
+            raise UserSuspended(user_id)
         if issued is None:
             raise InvalidRefreshToken()
-        user_id, session_id, new_token = issued
         return Session(
-            user_id, self.tokens.issue(user_id, session_id=session_id), self.tokens.ttl_seconds, new_token
+            user_id, self.tokens.issue(user_id, session_id=session_id), self.tokens.ttl_seconds, issued
         )
 
-    @staticmethod
-    async def _revoke_reused(repo: UserRepository, session: SessionRecord, caller: Caller) -> None:
-        if not await repo.revoke_session(session.session_id, "TOKEN_REUSE"):
+    async def _revoke_reused(
+        self, repo: UserRepository, stored: StoredSession, caller: Caller, now: datetime
+    ) -> None:
+        session = stored.record
+        if not await self.sessions.revoke(stored, "TOKEN_REUSE", now):
             return  # already ended
         log.warning(
             "refresh token reused; session revoked",
@@ -247,20 +276,22 @@ class Identity:
 
     async def logout(self, refresh_token: str, caller: Caller) -> None:
         """Ends the token's session; ending an ended session again succeeds."""
+        found = await self.sessions.session_of_token(token_hash(refresh_token))
+        if found is None:
+            raise InvalidRefreshToken()
+        user_id, session_id = found
+        now = datetime.now(UTC)
         async with self.uow.transaction() as repo:
-            found = await repo.session_by_token(token_hash(refresh_token))
-            if found is None:
-                raise InvalidRefreshToken()
-            session, _ = found
-            if await repo.revoke_session(session.session_id, "LOGOUT"):
+            stored = await self.sessions.get(user_id, session_id)
+            if stored is not None and await self.sessions.revoke(stored, "LOGOUT", now):
                 await audit.record(
                     repo.conn,
-                    caller.as_user(session.user_id),
+                    caller.as_user(user_id),
                     "session.revoked",
                     "session",
-                    session.session_id,
-                    subject_id=session.user_id,
-                    before={"state": session.state(datetime.now(UTC)).value},
+                    session_id,
+                    subject_id=user_id,
+                    before={"state": SessionState.ACTIVE.value},
                     after={"state": SessionState.REVOKED.value},
                     details={"reason": "LOGOUT"},
                 )
@@ -269,7 +300,7 @@ class Identity:
         async with self.uow.transaction() as repo:
             if await repo.get(user_id, lock=True) is None:
                 raise UserNotFound(user_id)
-            revoked = await repo.revoke_user_sessions(user_id, "REVOKE_ALL")
+            revoked = await self.sessions.revoke_all(user_id, "REVOKE_ALL", datetime.now(UTC))
             if revoked:
                 await audit.record(
                     repo.conn,
@@ -281,7 +312,3 @@ class Identity:
                     details={"reason": "REVOKE_ALL", "session_ids": [str(s) for s in revoked]},
                 )
         return len(revoked)
-
-    async def purge_ended_sessions(self, retention: timedelta = timedelta(days=30)) -> int:
-        async with self.uow.transaction() as repo:
-            return await repo.purge_sessions(datetime.now(UTC) - retention, batch=1000)

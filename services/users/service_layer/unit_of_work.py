@@ -36,6 +36,12 @@ class UnitOfWork:
             yield UserRepository(conn)
 
     @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[UserRepository]:
+        """Reads as of one instant (services/framework/db.py)."""
+        async with self.db.snapshot() as conn:
+            yield UserRepository(conn)
+
+    @asynccontextmanager
     async def changing(self, user_id: uuid.UUID) -> AsyncIterator[Work]:
         announced = self.cache is not None and await self.cache.begin_write(user_id)
         committed: User | None = None
