@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+import redis.asyncio as redis
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -32,6 +33,7 @@ from services.framework import errors, logs, metrics, tracing
 from services.framework.config import ServiceConfig
 from services.framework.db import Database
 from services.framework.edge_auth import EdgeAuthenticator
+from services.framework.idempotency import IdempotencyInterceptor
 from services.framework.interceptors import (
     AllowlistInterceptor,
     EdgeAuthInterceptor,
@@ -122,6 +124,9 @@ class ServiceApp:
         self.auth_peers = Peers(config.auth_peer_addresses, config.peer_deadline_seconds, config.tls)
         # Every answered public RPC, to Cassandra (services/framework/request_log.py).
         self.request_log = RequestLog(config.spec.name)
+        # Idempotency-Keys of the mutating public RPCs (services/framework/idempotency.py);
+        # connects on first use, so a service starts without Redis.
+        self.redis = redis.Redis.from_url(config.redis_url, socket_connect_timeout=1, socket_timeout=1)
 
     async def start(self) -> None:
         for resource in self.resources:
@@ -141,6 +146,7 @@ class ServiceApp:
                 AllowlistInterceptor(spec, require_identity=require_identity),
                 EdgeAuthInterceptor(spec, EdgeAuthenticator.over(self.auth_peers, require_identity)),
                 ValidationInterceptor(),
+                IdempotencyInterceptor(spec, self.redis),
             ],
             options=[("grpc.so_reuseport", 0)],
         )
@@ -177,6 +183,7 @@ class ServiceApp:
         for resource in reversed(self.resources):
             await resource.close()
         await self.request_log.close()
+        await self.redis.aclose()
         await self.auth_peers.close()
         log.info("stopped")
 

@@ -38,7 +38,7 @@ def _app(grace: float) -> ServiceApp:
         spec=BY_NAME["vault"],
         listen_address="127.0.0.1:0",
         database_url="-",
-        redis_url="-",
+        redis_url="redis://127.0.0.1:1/0",  # none: only Idempotency-Keys would need it
         peer_addresses={},
         shutdown_grace_seconds=grace,
         db_pool_max=1,
