@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import httpx
+import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from google.protobuf import json_format
@@ -36,9 +37,11 @@ from interpay.wallet.v1 import wallet_service_pb2  # noqa: F401
 
 from services.framework.topology import Profile
 from services.notifications.domain.webhooks import verify as reference_verify
-from tests.conftest import ROOT
+from tests.conftest import ROOT, database_url
 from tests.e2e.test_card_payments import pay_by_card, tokenize
+from tests.e2e.test_edge_auth import PASSWORD, User, api_key
 from tests.e2e.test_payments_flow import CUR, create_merchant, payer
+from tests.e2e.test_transfers_payouts import payout_body, user_wallet
 from tests.helpers import rpc_details
 from tests.integration.test_consumers_notifications import bootstrap, poll
 
@@ -46,6 +49,7 @@ CAPTURED = "interpay.payments.v1.PaymentCaptured"
 REFUNDED = "interpay.payments.v1.PaymentPartiallyRefunded"
 REFUND_SUCCEEDED = "interpay.payments.v1.RefundSucceeded"
 TEST_CVV = "913"
+PAYOUT_IBAN = "GB29NWBK60161331926819"  # a valid example IBAN (ISO 13616)
 
 
 def fresh_pan() -> str:
@@ -381,8 +385,21 @@ def _all_messages(profile: Profile) -> list[Any]:
         reader.close()
 
 
+def _drained(profile: Profile, mesh_secrets: dict[str, str], services: tuple[str, ...]) -> bool:
+    """Whether these services' relays have published everything (outbox and audit trail)."""
+    for service in services:
+        with psycopg.connect(database_url(profile, mesh_secrets, service)) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL)"
+                " + (SELECT count(*) FROM audit_trail WHERE published_at IS NULL)"
+            ).fetchone()
+            if row is None or row[0]:
+                return False
+    return True
+
+
 def test_no_card_number_cvv_or_secret_travels_in_any_topic(  # type: ignore[no-untyped-def]
-    profile, gateway, notifications, receiver
+    profile, mesh_secrets, gateway, notifications, receiver
 ) -> None:
     shop = create_merchant(gateway)
     secret = endpoint(gateway, shop["merchantId"], receiver.url, [CAPTURED])
@@ -392,12 +409,35 @@ def test_no_card_number_cvv_or_secret_travels_in_any_topic(  # type: ignore[no-u
     assert reply.status_code == 200 and reply.json()["payment"]["state"] == "STATE_CAPTURED", reply.text
     payment_id = reply.json()["payment"]["paymentId"]
     poll(lambda: receiver.for_event(CAPTURED, payment_id), 60, "the card payment's webhook")
+    # The other secrets a story handles: an API key, a password and its tokens, and bank
+    # account numbers (the merchant's payout account, a payout's destination).
+    _, api_key_value = api_key(gateway, shop["merchantId"])
+    with httpx.Client(base_url=f"http://127.0.0.1:{profile.gateway_port}", timeout=30) as anonymous:
+        person = User(anonymous)
+    payout = gateway.post("/v1/payouts", json=payout_body(user_wallet(gateway, 1_000), PAYOUT_IBAN, 300))
+    assert payout.status_code == 200, payout.text
+    poll(
+        lambda: _drained(profile, mesh_secrets, ("users", "merchants", "transfers", "vault", "payments")),
+        60,
+        "every relay publishing",
+    )
 
     messages = _all_messages(profile)
     ours = []
+    forbidden_values = (
+        pan,
+        "4242424242424242",
+        "5555555555554444",
+        secret,
+        api_key_value.split(".", 1)[1],
+        PASSWORD,
+        person.token,
+        PAYOUT_IBAN,
+        "DE89370400440532013000",  # create_merchant's payout account
+    )
     for message in messages:
         raw = (message.key() or b"") + (message.value() or b"")
-        for forbidden in (pan, "4242424242424242", "5555555555554444", secret):
+        for forbidden in forbidden_values:
             assert forbidden.encode() not in raw, f"{message.topic()} carries a card number or secret"
         try:
             event = EventEnvelope.FromString(message.value())
