@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from cassandra.cluster import Cluster, Session
 
 from services.framework.topology import OPERATOR, PROFILES, Profile
 from tests.helpers import operator_headers, service_channel
@@ -70,3 +71,13 @@ def database_url(profile: Profile, secrets: dict[str, str], service: str) -> str
         f"postgresql://interpay_{service}:{secrets[service]}@127.0.0.1:"
         f"{profile.postgres_port}/interpay_{service}"
     )
+
+
+@pytest.fixture(scope="session")
+def cassandra(profile: Profile) -> Iterator[Session]:
+    """The mesh's Cassandra, in the `interpay_logs` keyspace."""
+    cluster = Cluster(["127.0.0.1"], port=profile.cassandra_port, connect_timeout=10)
+    try:
+        yield cluster.connect("interpay_logs")
+    finally:
+        cluster.shutdown()

@@ -4,6 +4,8 @@ failed call or an HTTP error body."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,15 @@ def http_details(body: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]
         elif detail["@type"].endswith("google.rpc.BadRequest"):
             fields = [v["field"] for v in detail["fieldViolations"]]
     return info, fields
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """check()'s first truthy value; fails the test if none comes within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

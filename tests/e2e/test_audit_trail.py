@@ -8,7 +8,6 @@ one log row per public request."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 from psycopg.rows import dict_row
 
 from services.framework.topology import Profile
@@ -26,6 +25,7 @@ from tests.conftest import database_url
 from tests.e2e.test_card_payments import fresh_card, tokenize
 from tests.e2e.test_edge_auth import api_key
 from tests.e2e.test_payments_flow import create_merchant, pay, payer
+from tests.helpers import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDITED = ("payments", "orchestrator", "vault", "merchants")
@@ -48,31 +48,11 @@ def db(profile: Profile, mesh_secrets: dict[str, str]) -> Iterator[Callable[[str
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def cassandra(profile: Profile) -> Iterator[Session]:
-    cluster = Cluster(["127.0.0.1"], port=profile.cassandra_port, connect_timeout=10)
-    try:
-        yield cluster.connect("interpay_logs")
-    finally:
-        cluster.shutdown()
-
-
 def trail(conn: psycopg.Connection[Any], table: str, entity_id: str) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT * FROM audit_trail WHERE table_name = %s AND entity_id = %s ORDER BY audit_id",
         (table, entity_id),
     ).fetchall()
-
-
-def eventually(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not there after {timeout}s")
-        time.sleep(0.3)
 
 
 def test_every_audit_migration_is_the_framework_snippet() -> None:
@@ -232,7 +212,7 @@ def test_the_trail_and_the_request_log_reach_cassandra(
         )
         return rows if len(rows) >= len(recorded) else []
 
-    copied = eventually(by_entity, 60, "the payment's audit events in Cassandra")
+    copied = poll(by_entity, 60, "the payment's audit events in Cassandra")
     assert len(copied) == len(recorded)  # each once, however often Kafka delivered it
     assert {r.status for r in copied} >= {"INITIATED", "CAPTURED"}
     assert {r.service for r in copied} == {"payments"}
@@ -258,13 +238,11 @@ def test_the_trail_and_the_request_log_reach_cassandra(
             if r.caller == f"merchant:{shop['merchantId']}"
         ]
 
-    rows = eventually(logged, 30, "the merchant's request in the API request log")
+    rows = poll(logged, 30, "the merchant's request in the API request log")
     assert {(r.method, r.status_code) for r in rows} == {
         ("/interpay.payments.v1.PaymentService/GetPayment", "OK")
     }
     assert all(0 < r.ttl <= 7 * 24 * 3600 for r in rows)
     unknown = as_shop.get(f"/v1/payments/{uuid.uuid4()}")
     assert unknown.status_code == 404
-    eventually(
-        lambda: [r for r in logged() if r.status_code == "NOT_FOUND"], 30, "the refused request in the log"
-    )
+    poll(lambda: [r for r in logged() if r.status_code == "NOT_FOUND"], 30, "the refused request in the log")

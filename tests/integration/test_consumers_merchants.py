@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 
 from services.framework.topology import Profile
 from tests.conftest import database_url
@@ -34,15 +34,6 @@ PREFIX = "interpay.payments.v1."
 def merchants_db(profile: Profile, mesh_secrets: dict[str, str]) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(database_url(profile, mesh_secrets, "merchants"), autocommit=True) as conn:
         yield conn
-
-
-@pytest.fixture(scope="module")
-def cassandra(profile: Profile) -> Iterator[Session]:
-    cluster = Cluster(["127.0.0.1"], port=profile.cassandra_port, connect_timeout=10)
-    try:
-        yield cluster.connect("interpay_logs")
-    finally:
-        cluster.shutdown()
 
 
 def lines(db: psycopg.Connection[Any], payment_id: str) -> list[tuple[Any, ...]]:

@@ -34,22 +34,13 @@ from services.framework.outbox import topic_for
 from services.framework.proto import timestamp
 from services.framework.topology import Profile
 from tests.conftest import ROOT, database_url
+from tests.helpers import poll
 
 PAYMENT_TOPIC = topic_for("payment")
 GROUP = "notifications"  # services/notifications/bootstrap.py
 
 
 # -- helpers shared with tests/e2e/test_webhooks.py ---------------------------------------
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def bootstrap(profile: Profile) -> str:
     return f"127.0.0.1:{profile.kafka_port}"
 

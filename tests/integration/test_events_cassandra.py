@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cassandra.cluster import Cluster, Session
-
-from services.framework.topology import Profile
+from cassandra.cluster import Session
 
 KEYSPACE = "interpay_logs"
 
 
-@pytest.fixture(scope="module")
-def session(profile: Profile) -> Iterator[Session]:
-    cluster = Cluster(["127.0.0.1"], port=profile.cassandra_port, connect_timeout=10)
-    try:
-        yield cluster.connect(KEYSPACE)
-    finally:
-        cluster.shutdown()
+@pytest.fixture
+def session(cassandra: Session) -> Session:
+    return cassandra
 
 
 def gone(check: object, timeout: float, what: str) -> None:

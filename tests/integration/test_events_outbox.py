@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
 from services.framework.outbox import RELAY_LEASE_KEY, Event, Outbox, topic_for
 from services.framework.topology import Profile
 from tests.conftest import ROOT, database_url
+from tests.helpers import poll
 
 CUR = "NOK"
 WALLET_TOPIC = topic_for("wallet")
@@ -97,18 +98,6 @@ def place_hold(stub: WalletServiceStub, wallet_id: str, amount: int) -> str:
         ),
         timeout=10,
     ).hold.hold_id
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Returns check()'s first truthy value, or fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(every)
 
 
 def outbox_rows(conn: psycopg.Connection[Any], keys: list[str]) -> tuple[int, int]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
 from services.orchestrator.domain.saga import SagaState, StepState
@@ -43,6 +44,19 @@ class SagaRecord:
 
 
 @dataclass(frozen=True)
+class StepWrite:
+    """What the runner records about one step in a move (`SagaRepository.write`)."""
+
+    index: int
+    name: str
+    state: StepState
+    key: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    attempt: bool = False  # this record starts another attempt of the step
+
+
+@dataclass(frozen=True)
 class StepRecord:
     step_index: int
     name: str
@@ -64,14 +78,28 @@ class SagaRepository:
         self.conn = conn
 
     async def insert(
-        self, saga_id: uuid.UUID, saga_type: str, reference: str, reference_id: uuid.UUID, input_: bytes
-    ) -> bool:
+        self,
+        saga_id: uuid.UUID,
+        saga_type: str,
+        reference: str,
+        reference_id: uuid.UUID,
+        input_: bytes,
+        owner: str,
+        lease_seconds: float,
+    ) -> SagaRecord | None:
+        """Creates the saga with its first runner's lease already taken (one statement
+        instead of an insert and an `acquire`): between the two, the recovery job could
+        claim a saga nobody holds yet and its starter would answer "in progress". None if
+        the reference already has its saga."""
         cur = await self.conn.execute(
-            "INSERT INTO sagas (saga_id, saga_type, reference, reference_id, input) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING saga_id",
-            (saga_id, saga_type, reference, reference_id, input_),
+            "INSERT INTO sagas (saga_id, saga_type, reference, reference_id, input, lease_owner, "
+            "lease_expires_at, attempts) VALUES (%s, %s, %s, %s, %s, %s, "
+            "now() + %s * interval '1 second', 1) "
+            f"ON CONFLICT (reference) DO NOTHING RETURNING {_SAGA_COLUMNS}",
+            (saga_id, saga_type, reference, reference_id, input_, owner, lease_seconds),
         )
-        return await cur.fetchone() is not None
+        row = await cur.fetchone()
+        return _saga(row) if row else None
 
     async def get(
         self, saga_id: uuid.UUID | None = None, *, reference: str | None = None
@@ -121,35 +149,86 @@ class SagaRepository:
         )
         return [r["saga_id"] for r in await cur.fetchall()]
 
-    async def set_state(
+    async def write(
         self,
         saga_id: uuid.UUID,
         owner: str,
         lease_seconds: float,
+        steps: Sequence[StepWrite] = (),
         *,
         state: SagaState | None = None,
         next_step: int | None = None,
         failure_code: str | None = None,
         failure_reason: str | None = None,
-    ) -> None:
-        """Every move of the runner also renews its lease; a runner whose lease was taken
-        over (it stalled past its expiry) learns it here and must stop."""
+        release: bool = False,
+    ) -> AsyncCursor[Any]:
+        """One move of the runner, in one statement: the steps' records and the saga's row
+        (its state, where it goes next, and its lease, renewed or, with `release`, given
+        up because the saga is done). The statement is the unit the engine commits, so a
+        step's success and the next step's start are durable together or not at all.
+
+        Every move renews the lease, and writes only under it: the step records are
+        inserted from the saga row the statement moved, so a runner whose lease was taken
+        over (it stalled past its expiry) writes nothing. It learns so from `held` on the
+        returned cursor, which the engine reads after the commit: the statement and its
+        commit go out together in one round trip (libpq's pipeline mode)."""
+        params: dict[str, Any] = {
+            "saga_id": saga_id,
+            "owner": owner,
+            "lease": lease_seconds,
+            "state": state.value if state else None,
+            "next_step": next_step,
+            "code": failure_code,
+            "reason": failure_reason,
+            "release": release,
+        }
+        # One CTE per step row (not one multi-row VALUES) so that each keeps the exact
+        # upsert of a single record: `coalesce(error, last_error)` needs the row's own
+        # parameter, which EXCLUDED cannot tell apart from an empty error.
+        ctes = []
+        for n, step in enumerate(steps):
+            ctes.append(
+                f", step_{n} AS (INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, "
+                f"idempotency_key, last_error, result) SELECT %(saga_id)s, %(i{n})s, %(name{n})s, "
+                f"%(state{n})s, %(attempt{n})s, %(key{n})s, coalesce(%(error{n})s, ''), %(result{n})s "
+                f"FROM moved "
+                f"ON CONFLICT (saga_id, step_index) DO UPDATE SET state = EXCLUDED.state, "
+                f"attempts = saga_steps.attempts + %(attempt{n})s, "
+                f"last_error = coalesce(%(error{n})s, saga_steps.last_error), "
+                f"result = coalesce(EXCLUDED.result, saga_steps.result), updated_at = now())"
+            )
+            params.update(
+                {
+                    f"i{n}": step.index,
+                    f"name{n}": step.name,
+                    f"state{n}": step.state.value,
+                    f"attempt{n}": 1 if step.attempt else 0,
+                    f"key{n}": step.key,
+                    f"error{n}": step.error,
+                    f"result{n}": Jsonb(step.result) if step.result is not None else None,
+                }
+            )
         cur = await self.conn.execute(
-            "UPDATE sagas SET state = coalesce(%s, state), next_step = coalesce(%s, next_step), "
-            "failure_code = coalesce(%s, failure_code), failure_reason = coalesce(%s, failure_reason), "
-            "lease_expires_at = now() + %s * interval '1 second', updated_at = now() "
-            "WHERE saga_id = %s AND lease_owner = %s",
-            (
-                state.value if state else None,
-                next_step,
-                failure_code,
-                failure_reason,
-                lease_seconds,
-                saga_id,
-                owner,
-            ),
+            "WITH moved AS (UPDATE sagas SET state = coalesce(%(state)s, state), "
+            "next_step = coalesce(%(next_step)s, next_step), "
+            "failure_code = coalesce(%(code)s, failure_code), "
+            "failure_reason = coalesce(%(reason)s, failure_reason), "
+            "lease_owner = CASE WHEN %(release)s THEN NULL ELSE lease_owner END, "
+            "lease_expires_at = CASE WHEN %(release)s THEN NULL "
+            "ELSE now() + %(lease)s * interval '1 second' END, "
+            "next_attempt_at = CASE WHEN %(release)s THEN now() ELSE next_attempt_at END, "
+            "updated_at = now() WHERE saga_id = %(saga_id)s AND lease_owner = %(owner)s RETURNING 1)"
+            + "".join(ctes)
+            + " SELECT count(*) AS moved FROM moved",
+            params,
         )
-        if cur.rowcount != 1:
+        return cur
+
+    @staticmethod
+    async def held(saga_id: uuid.UUID, cur: AsyncCursor[Any]) -> None:
+        """Raises `LeaseLost` unless the `write` of `cur` moved the saga."""
+        row = await cur.fetchone()
+        if row is None or row["moved"] != 1:
             raise LeaseLost(saga_id)
 
     async def release(self, saga_id: uuid.UUID, owner: str, retry_in_seconds: float | None) -> None:
@@ -158,38 +237,6 @@ class SagaRepository:
             "next_attempt_at = now() + coalesce(%s, 0) * interval '1 second', updated_at = now() "
             "WHERE saga_id = %s AND lease_owner = %s",
             (retry_in_seconds, saga_id, owner),
-        )
-
-    async def record_step(
-        self,
-        saga_id: uuid.UUID,
-        index: int,
-        name: str,
-        state: StepState,
-        idempotency_key: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-        attempt: bool = False,
-    ) -> None:
-        await self.conn.execute(
-            "INSERT INTO saga_steps (saga_id, step_index, name, state, attempts, idempotency_key, "
-            "last_error, result) VALUES (%s, %s, %s, %s, %s, %s, coalesce(%s, ''), %s) "
-            "ON CONFLICT (saga_id, step_index) DO UPDATE SET state = EXCLUDED.state, "
-            "attempts = saga_steps.attempts + %s, last_error = coalesce(%s, saga_steps.last_error), "
-            "result = coalesce(EXCLUDED.result, saga_steps.result), updated_at = now()",
-            (
-                saga_id,
-                index,
-                name,
-                state.value,
-                1 if attempt else 0,
-                idempotency_key,
-                error,
-                Jsonb(result) if result is not None else None,
-                1 if attempt else 0,
-                error,
-            ),
         )
 
     async def list_sagas(

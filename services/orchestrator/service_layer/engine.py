@@ -30,7 +30,13 @@ from grpc_status import rpc_status
 from services.framework import failpoints
 from services.framework.db import Database
 from services.framework.errors import FailedPrecondition, NotFound, error_info
-from services.orchestrator.adapters.repository import LeaseLost, SagaRecord, SagaRepository, StepRecord
+from services.orchestrator.adapters.repository import (
+    LeaseLost,
+    SagaRecord,
+    SagaRepository,
+    StepRecord,
+    StepWrite,
+)
 from services.orchestrator.domain.saga import (
     BusinessFailure,
     SagaContext,
@@ -99,9 +105,12 @@ class SagaEngine:
         it goes now. Returns its id; read its outcome with `load`."""
         saga_id = uuid.uuid5(SAGA_NAMESPACE, reference)
         payload = input_.SerializeToString(deterministic=True)
+        lease = self._lease()
         async with self.db.transaction() as conn:
             repo = SagaRepository(conn)
-            created = await repo.insert(saga_id, saga_type, reference, reference_id, payload)
+            created = await repo.insert(
+                saga_id, saga_type, reference, reference_id, payload, lease, self.lease_seconds
+            )
             existing = None if created else await repo.get(saga_id)
         if existing is not None and (existing.saga_type != saga_type or existing.input != payload):
             raise FailedPrecondition(
@@ -109,10 +118,15 @@ class SagaEngine:
                 reason="IDEMPOTENCY_MISMATCH",
                 metadata={"reference": reference, "saga_id": str(saga_id)},
             )
-        if created and secret is not None:
+        if created is None:
+            await self.run(saga_id)  # a repeated start: drive it only if nobody else does
+            return saga_id
+        # Created with this runner's lease: no other runner can hold it, and it has no
+        # steps yet, so neither needs asking the database.
+        if secret is not None:
             self._secrets[saga_id] = secret
         try:
-            await self.run(saga_id)
+            await self._drive(created, lease, steps={})
         finally:
             self._secrets.pop(saga_id, None)
         return saga_id
@@ -158,11 +172,12 @@ class SagaEngine:
         neither can renew the other's, and a runner that lost its lease finds out."""
         return f"{self.owner}/{uuid.uuid4().hex[:12]}"
 
-    async def _drive(self, saga: SagaRecord, lease: str) -> None:
+    async def _drive(self, saga: SagaRecord, lease: str, steps: dict[int, StepRecord] | None = None) -> None:
         saga = dataclasses.replace(saga, lease=lease)
         definition = self.definitions[saga.saga_type]
-        async with self.db.transaction() as conn:
-            steps = {s.step_index: s for s in await SagaRepository(conn).steps(saga.saga_id)}
+        if steps is None:
+            async with self.db.transaction() as conn:
+                steps = {s.step_index: s for s in await SagaRepository(conn).steps(saga.saga_id)}
         ctx = SagaContext(
             saga_id=saga.saga_id,
             input=definition.input_type.FromString(saga.input),
@@ -172,54 +187,62 @@ class SagaEngine:
             started_at=saga.created_at,
         )
         retry_in: float | None = None
-        lost = False
+        lost = released = False
         try:
             if saga.state in (SagaState.STARTED, SagaState.RUNNING):
-                retry_in = await self._forward(saga, definition, ctx)
+                retry_in, released = await self._forward(saga, definition, ctx)
                 if retry_in is None and ctx.failure is not None:
-                    retry_in = await self._compensate(saga, definition, ctx, steps)
+                    retry_in, released = await self._compensate(saga, definition, ctx, steps)
             elif saga.state is SagaState.COMPENSATING:
-                retry_in = await self._compensate(saga, definition, ctx, steps)
+                retry_in, released = await self._compensate(saga, definition, ctx, steps)
         except LeaseLost:
             lost = True
             log.warning("saga lease lost; its new runner carries on", extra={"saga_id": str(saga.saga_id)})
         finally:
-            if not lost:
+            if not lost and not released:
                 async with self.db.transaction() as conn:
                     await SagaRepository(conn).release(saga.saga_id, saga.lease, retry_in)
 
-    async def _move(self, saga: SagaRecord, **changes: Any) -> None:
+    async def _write(self, saga: SagaRecord, steps: list[StepWrite], **changes: Any) -> None:
+        """One move of the runner, committed on its own before anything else happens: the
+        records of `steps` and the saga's own changes (state, next step, failure, lease).
+        The statement and its commit are sent together (one round trip instead of two);
+        the lease check comes after the commit, which wrote nothing if the lease was lost."""
         async with self.db.transaction() as conn:
-            await SagaRepository(conn).set_state(saga.saga_id, saga.lease, self.lease_seconds, **changes)
+            async with conn.pipeline():
+                cur = await SagaRepository(conn).write(
+                    saga.saga_id, saga.lease, self.lease_seconds, steps, **changes
+                )
+                await conn.commit()
+            await SagaRepository.held(saga.saga_id, cur)
 
-    async def _step(
-        self,
-        saga: SagaRecord,
-        index: int,
-        name: str,
-        state: StepState,
-        key: str,
-        next_step: int | None = None,
-        **fields: Any,
-    ) -> None:
-        """Records a step (and, once it succeeded, the saga's move past it) in one commit."""
-        async with self.db.transaction() as conn:
-            repo = SagaRepository(conn)
-            await repo.record_step(saga.saga_id, index, name, state, key, **fields)
-            await repo.set_state(saga.saga_id, saga.lease, self.lease_seconds, next_step=next_step)
+    async def _forward(
+        self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext
+    ) -> tuple[float | None, bool]:
+        """Runs the remaining steps; returns a retry delay if a step must be tried again
+        later, and whether the lease was given up with the saga's last move.
 
-    async def _forward(self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext) -> float | None:
-        """Runs the remaining steps; returns a retry delay if a step must be tried again later."""
-        await self._move(saga, state=SagaState.RUNNING)
+        Moves are merged where nothing happens between them, so that a payment commits
+        once per step rather than three times: the saga's move to RUNNING, the records
+        of skipped steps (they do nothing; after a crash they are simply skipped again)
+        and the success of a step all wait for the next step's start and are committed
+        with it, before that step acts. So every step still has its start committed
+        before it acts and its success committed before the next one acts, and the
+        saga's last move (COMPLETED) also gives up the lease."""
+        pending: list[StepWrite] = []  # records not committed yet; nothing acted since
+        moves: dict[str, Any] = {"state": SagaState.RUNNING}  # the first move only
+        done = len(definition.steps)  # where the saga stands at its end
         for index in range(saga.next_step, len(definition.steps)):
             step = definition.steps[index]
             key = ctx.key(step.name)
             if not step.when(ctx):
-                await self._step(
-                    saga, index, step.name, StepState.SUCCEEDED, key, index + 1, result={"skipped": True}
+                pending.append(
+                    StepWrite(index, step.name, StepState.SUCCEEDED, key, result={"skipped": True})
                 )
                 continue
-            await self._step(saga, index, step.name, StepState.RUNNING, key, attempt=True)
+            pending.append(StepWrite(index, step.name, StepState.RUNNING, key, attempt=True))
+            await self._write(saga, pending, next_step=index, **moves)
+            pending, moves = [], {}
             failpoints.hit(f"saga.{saga.saga_type}.{step.name}.before")
             try:
                 result = await step.action(ctx)
@@ -235,38 +258,46 @@ class SagaEngine:
                         extra={"saga_id": str(saga.saga_id), "step": step.name, "error": str(failure)},
                     )
                     failure = TransientFailure(f"refused past the pivot: {failure.reason}: {failure.message}")
-                await self._step(
-                    saga,
-                    index,
-                    step.name,
-                    StepState.FAILED if isinstance(failure, BusinessFailure) else StepState.RUNNING,
-                    key,
-                    error=str(failure)[:500],
-                )
                 if isinstance(failure, TransientFailure):
+                    await self._write(
+                        saga, [StepWrite(index, step.name, StepState.RUNNING, key, error=str(failure)[:500])]
+                    )
                     log.warning(
                         "saga step will be retried",
                         extra={"saga_id": str(saga.saga_id), "step": step.name, "error": str(failure)},
                     )
-                    return backoff_seconds(saga.attempts)
+                    return backoff_seconds(saga.attempts), False
                 ctx.failure = failure
-                await self._move(
+                await self._write(
                     saga,
+                    [StepWrite(index, step.name, StepState.FAILED, key, error=str(failure)[:500])],
                     state=SagaState.COMPENSATING,
                     failure_code=failure.reason,
                     failure_reason=failure.message[:500],
                 )
-                return None
+                return None, False
             ctx.results[step.name] = result
-            await self._step(saga, index, step.name, StepState.SUCCEEDED, key, index + 1, result=result)
+            pending.append(StepWrite(index, step.name, StepState.SUCCEEDED, key, result=result))
             if result.get("halt"):
+                done = index + 1
                 break
-        await self._move(saga, state=SagaState.COMPLETED)
-        return None
+        # The last step's success (or the skipped steps after it), the saga's completion
+        # and the end of the lease: one commit.
+        await self._write(
+            saga,
+            pending,
+            next_step=done,
+            state=SagaState.COMPLETED,
+            release=True,
+        )
+        return None, True
 
     async def _compensate(
         self, saga: SagaRecord, definition: SagaDefinition, ctx: SagaContext, steps: dict[int, StepRecord]
-    ) -> float | None:
+    ) -> tuple[float | None, bool]:
+        """Undoes the completed steps in reverse order, each compensation's start and end
+        committed around it; returns a retry delay if one must be tried again later, and
+        whether the lease was given up with the saga's last move."""
         async with self.db.transaction() as conn:
             steps = {s.step_index: s for s in await SagaRepository(conn).steps(saga.saga_id)}
         for index in sorted(steps, reverse=True):
@@ -277,27 +308,29 @@ class SagaEngine:
             if (record.result or {}).get("skipped"):
                 continue
             key = ctx.key(step.name)
-            await self._step(saga, index, step.name, StepState.COMPENSATING, key)
+            await self._write(saga, [StepWrite(index, step.name, StepState.COMPENSATING, key)])
             try:
                 await step.compensate(ctx)
             except Exception as exc:
                 failure = classify(exc)
                 if isinstance(failure, TransientFailure):
-                    await self._step(saga, index, step.name, StepState.COMPENSATING, key, error=str(failure))
-                    return backoff_seconds(saga.attempts)
+                    await self._write(
+                        saga, [StepWrite(index, step.name, StepState.COMPENSATING, key, error=str(failure))]
+                    )
+                    return backoff_seconds(saga.attempts), False
                 # A refusal to undo means there is nothing left to undo (a hold already
                 # released or expired): the compensation's goal holds.
                 log.info(
                     "compensation found nothing to undo",
                     extra={"saga_id": str(saga.saga_id), "step": step.name, "reason": failure.reason},
                 )
-            await self._step(saga, index, step.name, StepState.COMPENSATED, key)
+            await self._write(saga, [StepWrite(index, step.name, StepState.COMPENSATED, key)])
         if definition.on_failure is not None:
             try:
                 await definition.on_failure(ctx)
             except Exception as exc:
                 if isinstance(classify(exc), TransientFailure):
-                    return backoff_seconds(saga.attempts)
+                    return backoff_seconds(saga.attempts), False
                 log.error("failure handler refused", extra={"saga_id": str(saga.saga_id), "error": str(exc)})
-        await self._move(saga, state=SagaState.COMPENSATED)
-        return None
+        await self._write(saga, [], state=SagaState.COMPENSATED, release=True)
+        return None, True

@@ -40,7 +40,10 @@ class PaymentRepository:
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
 
-    async def insert(self, p: dict[str, Any]) -> bool:
+    async def insert(self, p: dict[str, Any]) -> Payment | None:
+        """The new payment (written with its PaymentCreated event), or None if its id is
+        taken. A row this transaction inserted is its own until the commit: a concurrent
+        request with the same id waits on it, so the caller needs no lock to read it."""
         columns = ", ".join(p)
         cur = await self.conn.execute(
             f"INSERT INTO payments ({columns}) VALUES ({', '.join(['%s'] * len(p))}) "
@@ -48,9 +51,11 @@ class PaymentRepository:
             list(p.values()),
         )
         row = await cur.fetchone()
-        if row is not None:
-            await OUTBOX.add(self.conn, [payment_event(_payment(row))])  # PaymentCreated
-        return row is not None
+        if row is None:
+            return None
+        payment = _payment(row)
+        await OUTBOX.add(self.conn, [payment_event(payment)])  # PaymentCreated
+        return payment
 
     async def get(self, payment_id: uuid.UUID, *, lock: bool = False) -> Payment | None:
         cur = await self.conn.execute(
@@ -60,9 +65,20 @@ class PaymentRepository:
         row = await cur.fetchone()
         return _payment(row) if row else None
 
-    async def transition_recorded(self, reference: str) -> bool:
-        cur = await self.conn.execute("SELECT 1 FROM payment_transactions WHERE reference = %s", (reference,))
-        return await cur.fetchone() is not None
+    async def get_for_transition(self, payment_id: uuid.UUID, reference: str) -> tuple[Payment | None, bool]:
+        """The payment, locked, and whether the transition `reference` is already recorded
+        (a step the saga repeated): one round trip for the two questions every recorded
+        transition asks first."""
+        cur = await self.conn.execute(
+            f"SELECT {_PAYMENT_COLUMNS}, EXISTS (SELECT 1 FROM payment_transactions WHERE reference = %s) "
+            f"AS already_recorded FROM payments WHERE payment_id = %s FOR UPDATE",
+            (reference, payment_id),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None, False
+        recorded = bool(row.pop("already_recorded"))
+        return _payment(row), recorded
 
     async def transition(
         self,
@@ -73,35 +89,32 @@ class PaymentRepository:
         failure_code: str = "",
         **fields: Any,
     ) -> Payment:
-        """Moves a locked payment to `to_state`, sets the given columns, and records the move."""
+        """Moves a locked payment to `to_state`, sets the given columns, and records the move
+        in its history: one statement for both (the history row is inserted only if the
+        payment row was moved)."""
         assignments = "".join(f", {column} = %({column})s" for column in fields)
         cur = await self.conn.execute(
-            f"UPDATE payments SET state = %(to)s, failure_code = %(code)s, version = version + 1, "
+            f"WITH moved AS (UPDATE payments SET state = %(to)s, failure_code = %(code)s, "
+            f"version = version + 1, "
             f"failure_reason = CASE WHEN %(code)s <> '' THEN %(reason)s ELSE failure_reason END, "
-            f"updated_at = now(){assignments} WHERE payment_id = %(id)s RETURNING {_PAYMENT_COLUMNS}",
+            f"updated_at = now(){assignments} WHERE payment_id = %(id)s RETURNING {_PAYMENT_COLUMNS}), "
+            f"history AS (INSERT INTO payment_transactions (transaction_id, payment_id, from_state, "
+            f"to_state, reason, failure_code, reference) SELECT %(transaction_id)s, payment_id, "
+            f"%(from)s, %(to)s, %(reason)s, %(code)s, %(reference)s FROM moved) "
+            f"SELECT {_PAYMENT_COLUMNS} FROM moved",
             {
                 "to": to_state.value,
+                "from": payment.state.value,
                 "code": failure_code,
                 "reason": reason,
                 "id": payment.payment_id,
+                "transaction_id": uuid.uuid4(),
+                "reference": reference,
                 **fields,
             },
         )
         row = await cur.fetchone()
         assert row is not None
-        await self.conn.execute(
-            "INSERT INTO payment_transactions (transaction_id, payment_id, from_state, to_state, reason, "
-            "failure_code, reference) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (
-                uuid.uuid4(),
-                payment.payment_id,
-                payment.state.value,
-                to_state.value,
-                reason,
-                failure_code,
-                reference,
-            ),
-        )
         after = _payment(row)
         await OUTBOX.add(self.conn, [payment_event(after)])  # the new version's event, same transaction
         return after

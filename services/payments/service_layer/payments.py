@@ -124,7 +124,7 @@ class Payments:
         digest = request_hash(request, without=("cvv",))
         async with self.db.transaction() as conn:
             repo = PaymentRepository(conn)
-            await repo.insert(
+            created = await repo.insert(
                 {
                     "payment_id": payment_id,
                     "merchant_id": request.merchant_id,
@@ -144,7 +144,8 @@ class Payments:
                     "request_hash": digest,
                 }
             )
-            payment = await repo.get(payment_id, lock=True)
+            # A retry (or a concurrent request) with the key finds the first one's row.
+            payment = created if created is not None else await repo.get(payment_id, lock=True)
             assert payment is not None
             if payment.request_hash != digest:
                 raise FailedPrecondition(
@@ -224,10 +225,10 @@ class Payments:
         """The orchestrator's record of a step: idempotent on `reference`."""
         async with self.db.transaction() as conn:
             repo = PaymentRepository(conn)
-            payment = await repo.get(payment_id, lock=True)
+            payment, recorded = await repo.get_for_transition(payment_id, reference)
             if payment is None:
                 raise PaymentNotFound(payment_id)
-            if await repo.transition_recorded(reference):
+            if recorded:
                 return payment
             check_transition(payment_id, payment.state, to_state)
             return await repo.transition(payment, to_state, reference, reason, failure_code, **fields)
