@@ -63,6 +63,12 @@ def call_settings() -> tuple[str, str, str, str, str] | None:
     served = call.current()
     if served is None:
         return None
+    if served.audit_settings is None:
+        served.audit_settings = _settings_of(served)
+    return served.audit_settings
+
+
+def _settings_of(served: call.Call) -> tuple[str, str, str, str, str]:
     caller = served.caller
     via = caller.name if caller.verified else ""
     metadata = list(served.context.invocation_metadata() or ())

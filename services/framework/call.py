@@ -20,6 +20,9 @@ from services.framework.identity import Caller, identify
 class Call:
     context: Any  # the grpc.aio.ServicerContext
     principal: Principal | None = None
+    # What services/framework/audit.py derived for this call's transactions (who, via,
+    # from where): computed once per call, forgotten when the principal is learnt.
+    audit_settings: tuple[str, str, str, str, str] | None = None
 
     @property
     def caller(self) -> Caller:
@@ -59,3 +62,4 @@ def note_principal(principal: Principal) -> None:
     call = _current.get()
     if call is not None:
         call.principal = principal
+        call.audit_settings = None

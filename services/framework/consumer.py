@@ -128,8 +128,13 @@ class EventConsumer:
         batch_size: int = 100,
         max_attempts: int | None = None,
         retry_base_seconds: float | None = None,
+        ordered: bool = True,
     ) -> None:
         self.db = db
+        # False: the handler's effects do not depend on the order of events (each is keyed
+        # by its own event, as the audit sink's rows are), so a batch is handled
+        # concurrently, each event still in its own transaction with its record.
+        self.ordered = ordered
         self.name = name
         self.topics = list(topics)
         self.handler = handler
@@ -247,7 +252,9 @@ class EventConsumer:
         assert consumer is not None
         done: dict[tuple[str, int], int] = {}
         try:
-            for message in messages:
+            if not self.ordered:
+                await self._process_concurrently(messages, done)
+            for message in messages if self.ordered else ():
                 if message.error() is not None:
                     self._log_kafka_error(message.error())
                     continue
@@ -269,6 +276,27 @@ class EventConsumer:
         finally:
             if done:
                 await asyncio.to_thread(self._commit, done)
+
+    async def _process_concurrently(self, messages: list[Message], done: dict[tuple[str, int], int]) -> None:
+        """Handles the batch's messages at once; `done` gets, per partition, the offset
+        after the last message before its first failure (the rewind starts there), and the
+        first failure is raised once every message has finished."""
+        valid = [m for m in messages if m.error() is None]
+        for message in messages:
+            if message.error() is not None:
+                self._log_kafka_error(message.error())
+        outcomes = await asyncio.gather(*(self._process(m) for m in valid), return_exceptions=True)
+        failed: set[tuple[str, int]] = set()
+        first: BaseException | None = None
+        for message, outcome in zip(valid, outcomes, strict=True):
+            key = (message.topic() or "", message.partition() or 0)
+            if isinstance(outcome, BaseException):
+                failed.add(key)
+                first = first or outcome
+            elif key not in failed:
+                done[key] = (message.offset() or 0) + 1
+        if first is not None:
+            raise first
 
     def _log_kafka_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):

@@ -75,7 +75,8 @@ class Database:
         """A connection inside one transaction: committed on success, rolled back on error."""
         async with self.pool.connection() as conn:
             if self.audited and (settings := audit.call_settings()) is not None:
-                await conn.execute(audit.SETTINGS_SQL, settings)
+                async with conn.pipeline():  # sent with the BEGIN: no round trip of its own
+                    await conn.execute(audit.SETTINGS_SQL, settings)
             yield conn  # the pool commits on clean exit and rolls back on an exception
 
     @asynccontextmanager

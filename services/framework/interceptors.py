@@ -86,8 +86,21 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self.domain = f"{service}.interpay.dev"
         self.request_log = request_log
         self.public = public
+        # The handler of each method, wrapped by this and every interceptor after it. Each
+        # of them wraps by the method's name alone (per-call data is read inside the
+        # wrappers), so the chain is built once per method rather than on every call.
+        self._built: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method = handler_call_details.method
+        built = self._built.get(method)
+        if built is None:
+            built = await self._build(continuation, handler_call_details)
+            if built is not None:  # an unknown method is never remembered
+                self._built[method] = built
+        return built
+
+    async def _build(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         method = handler_call_details.method
         rpc_name = method.rsplit("/", 1)[-1]
         handler = await continuation(handler_call_details)

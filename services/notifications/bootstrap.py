@@ -50,7 +50,9 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     # Every service's audit trail, copied from Kafka into Cassandra for analytics
     # (services/framework/audit.py, AuditSink).
     cassandra = Cassandra(AuditSink.statements())
-    audit_sink = EventConsumer(db, AUDIT_SINK_GROUP, (topic_for(audit.AGGREGATE_TYPE),), AuditSink(cassandra))
+    audit_sink = EventConsumer(
+        db, AUDIT_SINK_GROUP, (topic_for(audit.AGGREGATE_TYPE),), AuditSink(cassandra), ordered=False
+    )
     # The audit trail of notifications and deliveries, published to Kafka (framework/audit.py).
     relay = Relay(db, "notifications")
     return NotificationsServicer(Notifications(db), deliveries), [

@@ -417,17 +417,22 @@ def test_pattern_fires_on_an_outlier_once_there_is_enough_history() -> None:
     assert only([rule(p)], usual, evidence({usual_read: (10, 1000.0, 100.0)})).fired_rules == ()
 
 
-def test_counter_answers_compute_sums_and_statistics_per_currency() -> None:
+def test_counter_answers_compute_statistics_per_currency_and_join_the_scripts_sums() -> None:
     series = geo_series(uuid.uuid4())
-    members = [b"a|EUR|100", b"b|EUR|300", b"c|USD|5000", b"me|EUR|999"]
-    assert answer(Read("sum", series, 1, "EUR"), members) == 1399
+    members = ["a|EUR|100", "b|EUR|300", "c|USD|5000", "me|EUR|999"]
+    # The script sums in two halves split at 10^9 (tests/integration/test_fraud_counters.py)
+    assert answer(Read("sum", series, 1, "EUR"), ["0", "1399"]) == 1399
+    assert answer(Read("sum", series, 1, "EUR"), ["9223372036", "854775807"]) == 2**63 - 1
     stats = answer(Read("stats", series, 1, "EUR", exclude="me|EUR|999"), members)
     assert stats == (2, 200.0, 100.0)
-    assert answer(Read("last", series, 1, exclude="me"), [b"me", b"5", b"x|1.0|2.0", b"3"]) == (
+    assert answer(Read("last", series, 1, exclude="me"), ["me", "5", "x|1.0|2.0", "3"]) == (
         "x|1.0|2.0",
         3,
     )
-    assert answer(Read("last", series, 1, exclude="me"), [b"me", b"5"]) is None
+    assert answer(Read("last", series, 1, exclude="me"), ["me", "5"]) is None
+    # Lua's cjson encodes an empty array as an empty object
+    assert answer(Read("last", series, 1, exclude="me"), {}) is None
+    assert answer(Read("stats", series, 1, "EUR"), {}) == (0, 0.0, 0.0)
 
 
 # -- KYC ----------------------------------------------------------------------------------

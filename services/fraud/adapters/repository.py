@@ -4,7 +4,6 @@ JSON form of rule parameters stored in fraud_rules.parameters."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import uuid
 from datetime import datetime
@@ -13,6 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from services.fraud.domain.evidence import email_digest
 from services.fraud.domain.model import (
     AmountParams,
     BlacklistEntry,
@@ -217,7 +217,7 @@ def _fired_from_json(d: dict[str, Any]) -> FiredRule:
 
 
 def email_sha256(email: str | None) -> str:
-    return hashlib.sha256(email.lower().encode()).hexdigest() if email else ""
+    return email_digest(email) if email else ""
 
 
 _CHECK_COLUMNS = (

@@ -120,15 +120,14 @@ def velocity(p: VelocityParams, txn: Transaction, ev: Evidence) -> Outcome:
         return NOT_FIRED  # the transaction has no such subject
     if ev.observations is None:
         return _counters_down("velocity counters")
-    subject = p.subject.value.lower().replace("_", " ")
-    window = duration_words(p.window_ms)
     best = NOT_FIRED
     if count_read is not None:
         count = cast(int, ev.observations[count_read])
         if count > p.max_count:
             best = Outcome(
                 escalating_confidence(count, p.max_count),
-                f"{count} transactions from this {subject} in the last {window}; the limit is {p.max_count}",
+                f"{count} transactions from this {_subject_words(p)} in the last "
+                f"{duration_words(p.window_ms)}; the limit is {p.max_count}",
             )
     if sum_read is not None and p.max_amount is not None:
         total = cast(int, ev.observations[sum_read])
@@ -138,10 +137,15 @@ def velocity(p: VelocityParams, txn: Transaction, ev: Evidence) -> Outcome:
             if confidence > best.confidence:
                 best = Outcome(
                     confidence,
-                    f"{money_words(total, p.max_amount.currency)} from this {subject} in the last "
-                    f"{window}; the limit is {money_words(limit, p.max_amount.currency)}",
+                    f"{money_words(total, p.max_amount.currency)} from this {_subject_words(p)} in the "
+                    f"last {duration_words(p.window_ms)}; the limit is "
+                    f"{money_words(limit, p.max_amount.currency)}",
                 )
     return best
+
+
+def _subject_words(p: VelocityParams) -> str:
+    return p.subject.value.lower().replace("_", " ")
 
 
 def amount(p: AmountParams, txn: Transaction) -> Outcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from datetime import UTC
 from typing import Any
@@ -348,11 +349,13 @@ class FraudServicer:
     async def CheckTransaction(
         self, request: pb.CheckTransactionRequest, context: Any
     ) -> pb.CheckTransactionResponse:
+        received = time.perf_counter()  # the check's latency counts from here
         check = await self.checks.check(
             CheckRequest(
                 transaction=transaction_from_pb(request),
                 email=request.email or None,
                 request_hash=hashlib.sha256(request.SerializeToString(deterministic=True)).digest(),
+                received=received,
             )
         )
         return pb.CheckTransactionResponse(fraud_check=check_pb(check))

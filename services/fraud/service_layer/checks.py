@@ -1,22 +1,33 @@
 """CheckTransaction: score one transaction against the enabled rules and record it.
 
-All in one Postgres transaction: one query finds both the configuration version and a
-check already recorded under the reference (a retry returns that check and touches no
-counter) and, when a new-device rule needs it, when the user last used the device; one
-Lua script in Redis appends the transaction to its counters and reads them; a KYC or
-country mismatch rule may ask the users service (cached); one INSERT records the check, ON
-CONFLICT on the reference, so two concurrent first attempts record one check and both
-answer with it.
+Three round trips, each its own durable step: one query finds both the configuration
+version and a check already recorded under the reference (a retry returns that check and
+touches no counter) and, when a new-device rule needs it, when the user last used the
+device; one Lua script in Redis appends the transaction to its counters and reads them;
+one INSERT records the check, ON CONFLICT on the reference, so two concurrent first
+attempts record one check and both answer with it. A KYC or country mismatch rule may
+ask the users service (cached).
+
+The statements run in autocommit: none of them needs another's snapshot (the
+configuration catch-up is version-stamped and idempotent, the INSERT decides the race on
+the reference by itself), and an explicit transaction would only add a BEGIN and a COMMIT
+round trip to every check. The INSERT's own commit is durable (synchronous_commit) before
+the check is answered.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import Counter, Histogram
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 
 from services.framework.db import Database
 from services.fraud.adapters.counters import Counters
@@ -38,10 +49,23 @@ from services.fraud.domain.model import (
 from services.fraud.domain.rules import Evidence, identifiers, judge
 from services.fraud.service_layer.configuration import Configuration, Snapshot
 
+# Half-millisecond buckets up to 6 ms, so the 5 ms target is a bucket bound (the share of
+# checks at or under it is exact) and a p99 near it is read to within half a millisecond.
 CHECK_LATENCY = Histogram(
     "interpay_fraud_check_seconds",
-    "Time to decide a new fraud check, from its arrival to its record",
-    buckets=(0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    "Time to answer a new fraud check, from the handler's start to its record committed",
+    buckets=(
+        *(i / 2000 for i in range(1, 13)),
+        0.007,
+        0.008,
+        0.01,
+        0.015,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        1,
+    ),
 )
 CHECK_DECISIONS = Counter(
     "interpay_fraud_checks_total",
@@ -57,6 +81,8 @@ class CheckRequest:
     transaction: Transaction
     email: str | None  # the full address; only its domain and hash are stored
     request_hash: bytes  # of the request's deterministic encoding
+    # time.perf_counter() when the handler started; the latency is measured from there
+    received: float | None = None
 
 
 class FraudChecks:
@@ -69,9 +95,9 @@ class FraudChecks:
         self.profiles = profiles
 
     async def check(self, request: CheckRequest) -> FraudCheck:
-        started = time.perf_counter()
+        started = time.perf_counter() if request.received is None else request.received
         txn = request.transaction
-        async with self.db.transaction() as conn:
+        async with self._autocommit() as conn:
             repo = FraudRepository(conn)
             # The replica's rules tell whether to ask for the device's history in the same
             # trip; a rule enabled since is caught up below with a query of its own.
@@ -90,6 +116,7 @@ class FraudChecks:
                     last_seen = await repo.device_last_seen(txn.user_id, txn.device_fingerprint)
                 history = DeviceHistory(int(last_seen.timestamp() * 1000) if last_seen else None)
             check, plan = await self._decide(request, snapshot, started, history)
+            # Autocommit: when this returns, the record is durable.
             recorded = await repo.insert_check(check, request.email)
             if recorded is None:  # a concurrent first attempt with the same reference won
                 _, first, _ = await repo.config_version_and_check(txn.reference)
@@ -101,6 +128,20 @@ class FraudChecks:
         CHECK_LATENCY.observe(time.perf_counter() - started)
         CHECK_DECISIONS.labels(check.decision.value, str(check.degraded).lower()).inc()
         return recorded
+
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection in autocommit, given back to the pool as the pool lends them
+        (transactional), or closed (and so replaced by the pool) when it cannot be."""
+        async with self.db.pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if conn.pgconn.transaction_status == TransactionStatus.IDLE:
+                    await conn.set_autocommit(False)
+                else:  # cancelled mid-statement or broken
+                    await conn.close()
 
     async def _decide(
         self, request: CheckRequest, snapshot: Snapshot, started: float, history: DeviceHistory | None
