@@ -7,6 +7,7 @@ from pathlib import Path
 from services.framework import metrics
 from services.framework.config import ServiceConfig, integer
 from services.framework.db import Database
+from services.framework.outbox import Relay
 from services.framework.peers import Peers
 from services.framework.periodic import Periodic
 from services.framework.server import run
@@ -21,7 +22,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     counters = Counters(
         config.redis_url,
         timeout_seconds=integer("INTERPAY_FRAUD_REDIS_TIMEOUT_MS", 250) / 1000,
@@ -51,7 +52,9 @@ async def build(config: ServiceConfig) -> tuple[object, list[object]]:
     )
     forget_keys = Periodic("forget-idempotency-keys", 3600.0, admin.forget_idempotency_keys)
     # The database (migrations) before the configuration that reads it.
-    return FraudServicer(checks, admin), [db, configuration, counters, peers, poll, forget_keys]
+    # The audit trail of the fraud configuration, published to Kafka (framework/audit.py).
+    relay = Relay(db, "fraud")
+    return FraudServicer(checks, admin), [db, configuration, counters, peers, poll, forget_keys, relay]
 
 
 def main() -> None:

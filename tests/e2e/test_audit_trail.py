@@ -28,7 +28,7 @@ from tests.e2e.test_payments_flow import create_merchant, pay, payer
 from tests.helpers import poll
 
 ROOT = Path(__file__).resolve().parents[2]
-AUDITED = ("payments", "orchestrator", "vault", "merchants")
+AUDITED = ("payments", "orchestrator", "vault", "merchants", "users", "transfers", "notifications", "fraud")
 
 
 @pytest.fixture(scope="module")
