@@ -1,10 +1,15 @@
 """What every part of the harness shares: the bench profile's addresses, its secrets, mTLS
-channels to its services, a superuser connection to its PostgreSQL, and latency statistics."""
+channels to its services, a superuser connection to its PostgreSQL, and latency statistics.
+
+The profile is `bench` unless `INTERPAY_BENCH_PROFILE` names another (`bench.run --profile`
+sets it): read once at import, so the spawned load generators, which import this module
+afresh, aim at the same mesh as their parent."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ from services.framework.identity import TlsFiles, channel_options, plaintext
 from services.framework.topology import OPERATOR, PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
-PROFILE = PROFILES["bench"]
+PROFILE = PROFILES[os.environ.get("INTERPAY_BENCH_PROFILE", "bench")]
 DATA = ROOT / ".data" / PROFILE.name
 HOST = "127.0.0.1"  # the harness talks to loopback only
 WALLET_ADDR = f"{HOST}:{PROFILE.service_port('wallet')}"

@@ -31,6 +31,54 @@ def _cores(cpu: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def subset_markdown(r: dict[str, Any]) -> str:
+    """The table for a run of only some phases (`--phases`): the pgbench and transfer rows,
+    CPU per operation, and the ratios that what ran can give."""
+    m = r["machine"]
+    lines = [
+        f"## InterPay bench, phases {','.join(r['phases'])} — {m['date_utc']} (run {r['run_id']}, "
+        f"profile {r['profile']})",
+        "",
+        f"{m['nproc']} cores, git {m['git_commit']} (+{m['git_uncommitted_files']} uncommitted files); "
+        f"fsync probe {m['fsync_probe']['usecs_per_op']} µs/op; other meshes: "
+        + ", ".join(f"{k} {v.split(' ')[0]}" for k, v in m["other_meshes"].items()),
+        "",
+        "| measurement | setting | throughput | p50 ms | p95 ms | p99 ms | failures | CPU ms/op "
+        "(wallet / postgres / clients / machine) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def per_op(run: dict[str, Any]) -> str:
+        o = run["cpu_ms_per_op"]
+        client = sum(v for k, v in o.items() if k.startswith(("loadgen", "pgbench")))
+        cells = [o.get("wallet"), o.get("postgres"), client, o.get("machine_total")]
+        return " / ".join("—" if c is None else f"{c:.3f}" for c in cells)
+
+    for run in r.get("pgbench", {}).get("runs", []):
+        lat = run["latency"]
+        best = " ★" if run["clients"] == r["pgbench"]["best"]["clients"] else ""
+        lines.append(
+            f"| pgbench tpcb-like{best} | {run['clients']} clients | {run['tps']:.0f} TPS "
+            f"| {lat['p50_ms']:.2f} | {lat['p95_ms']:.2f} | {lat['p99_ms']:.2f} | {run['failed']} "
+            f"| {per_op(run)} |"
+        )
+    for scenario, label in (("uniform", "TransferFunds uniform"), ("hot", "TransferFunds hot account")):
+        for run in r.get(scenario, {}).get("runs", []):
+            lat = run["latency"]
+            best = " ★" if run["inflight"] == r[scenario]["best"]["inflight"] else ""
+            lines.append(
+                f"| {label}{best} | {run['inflight']} in flight | {run['throughput_rps']:.0f} RPC/s "
+                f"| {lat['p50_ms']:.2f} | {lat['p95_ms']:.2f} | {lat['p99_ms']:.2f} | {run['failures']} "
+                f"| {per_op(run)} |"
+            )
+    lines += ["", "| ratio / check | value |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in r["ratios"].items() if v is not None and not isinstance(v, dict)]
+    lines += [f"| {k} | {_ok(v)} |" for k, v in r["verdict"].items()]
+    if r.get("noise", {}).get("noisy"):
+        lines += ["", f"> ⚠ other processes used up to {r['noise']['max_other_cores']:.2f} cores"]
+    return "\n".join(lines)
+
+
 def markdown(r: dict[str, Any]) -> str:
     m, ratios, verdict = r["machine"], r["ratios"], r["verdict"]
     lines = [

@@ -3,6 +3,9 @@
 # it never disturbs the dev or test mesh), run the benchmark (bench/run.py), and stop the
 # bench mesh at the end whatever happens. Extra arguments go to bench/run.py, for example
 #   bash scripts/bench.sh --quick          a ~1-minute smoke run
+#   bash scripts/bench.sh --profile work --phases pgbench,uniform,hot
+#                                          another profile's mesh (started and stopped
+#                                          here instead of the bench one), some phases only
 # Results: bench/results/latest.json, bench/results/bench.png, a Markdown table on stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,17 +17,29 @@ py=.venv/bin/python
 "$py" -m bench.run --plan-only "$@"
 case " $* " in *" -h "* | *" --help "*) exit 0 ;; esac
 
-for other in dev test; do
+# The mesh to start, measure and stop: `bench` unless --profile names another.
+profile=bench
+args=("$@")
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    --profile) profile="${args[$((i + 1))]}" ;;
+    --profile=*) profile="${args[$i]#--profile=}" ;;
+  esac
+done
+export INTERPAY_BENCH_PROFILE="$profile"
+
+for other in dev test bench work aux; do
+  [ "$other" = "$profile" ] && continue
   if [ -S ".data/$other/run/supervisor.sock" ]; then
     echo "bench: the $other mesh is running; it is left alone (and shares the CPU)" >&2
   fi
 done
 
-cleanup() { "$py" scripts/mesh.py down --profile bench || true; }
+cleanup() { "$py" scripts/mesh.py down --profile "$profile" || true; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-"$py" scripts/mesh.py up --profile bench
+"$py" scripts/mesh.py up --profile "$profile"
 # The whole benchmark is planned for ~5 minutes; a hard cap keeps `make bench` under 10.
 timeout --foreground --signal=INT --kill-after=20 450 "$py" -m bench.run "$@"

@@ -19,10 +19,12 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def build(config: ServiceConfig) -> tuple[object, list[object]]:
-    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max)
+    db = Database(config.database_url, MIGRATIONS, max_size=config.db_pool_max, audited=True)
     redis = Redis(config.redis_url)
     cache = BalanceCache(redis.client)
-    ledger = Ledger(db, cache)
+    # Concurrent transfers share transactions of up to this many orders (group commit,
+    # service_layer/batching.py); 1 runs each transfer in its own transaction.
+    ledger = Ledger(db, cache, batch_size=integer("INTERPAY_WALLET_TRANSFER_BATCH_MAX", 256))
     last: dict[str, float] = {"mismatched": 0, "unbalanced": 0}
 
     async def reconcile() -> None:

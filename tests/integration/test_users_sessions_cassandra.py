@@ -75,7 +75,7 @@ async def users_service(
         spec=BY_NAME["users"],
         listen_address="127.0.0.1:0",
         database_url="-",
-        redis_url="-",
+        redis_url=f"redis://127.0.0.1:{profile.redis_port}/0",
         peer_addresses={},
         shutdown_grace_seconds=1,
         db_pool_max=2,

@@ -474,7 +474,7 @@ def test_no_card_number_reaches_the_database_or_any_log(
     # The scans look at real content: the tokens are there, in the database and the log.
     for token in tokens:
         assert "cards" in tables_containing(vault_db, token)
-        poll(lambda: token.encode() in vault_log(profile.name).read_bytes(), "the vault logs the token", 10)  # noqa: B023
+        poll(lambda: token.encode() in vault_log(profile.name).read_bytes(), "the vault logs the token", 30)  # noqa: B023
     assert_stored_nowhere(vault_db, profile.name, [*pans, bad, expired])
 
 

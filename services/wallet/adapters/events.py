@@ -21,12 +21,15 @@ the resource it happened to (see the README's events section).
 
 from __future__ import annotations
 
+import contextvars
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from services.framework.outbox import Event, Outbox
 from services.wallet.adapters.messages import entry_pb, hold_pb, wallet_pb
+from services.wallet.domain.batch import Accepted
 from services.wallet.domain.model import Hold, HoldState, TransferOrder, Wallet, WalletState
 
 OUTBOX = Outbox("wallet")
@@ -91,3 +94,38 @@ def entry_event(
     )
     what = "FundsCredited" if amount > 0 else "FundsDebited"
     return Event(AGGREGATE, str(after.wallet_id), after.version, entry, _PREFIX + what)
+
+
+def batch_event_columns(
+    movements: Sequence[Accepted],
+    locked: Mapping[uuid.UUID, Wallet],
+    contexts: Sequence[contextvars.Context],
+    at: datetime,
+) -> tuple[list[uuid.UUID], list[bytes]]:
+    """The outbox rows of a batch's movements (LedgerRepository.record_movements), as event
+    ids and serialised envelopes: per movement, the source's entry event then the
+    destination's, each with the version its wallet has right after that movement, in the
+    batch's order. Each envelope is made in its order's caller's context
+    (`contexts[position]`, when given), so it carries that request's trace.
+
+    Raises unless every wallet's events carry exactly the versions after the one locked,
+    one by one: an event stream with a gap or a repeat must never be written."""
+    ids: list[uuid.UUID] = []
+    envelopes: list[bytes] = []
+    versions = {wallet_id: wallet.version for wallet_id, wallet in locked.items()}
+    for m in movements:
+        order = m.order
+        legs = (
+            (m.source, -order.amount, order.destination_wallet_id),
+            (m.destination, order.amount, order.source_wallet_id),
+        )
+        context = contexts[m.position] if m.position < len(contexts) else None
+        for after, amount, counterparty in legs:
+            if after.version != versions[after.wallet_id] + 1:
+                raise RuntimeError(f"batch events skip a version of wallet {after.wallet_id}")
+            versions[after.wallet_id] = after.version
+            event = entry_event(after, m.transaction_id, order, amount, counterparty, at)
+            envelope = context.run(OUTBOX.envelope, event, at) if context else OUTBOX.envelope(event, at)
+            ids.append(event.event_id)
+            envelopes.append(envelope.SerializeToString())
+    return ids, envelopes

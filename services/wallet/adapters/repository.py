@@ -10,8 +10,9 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from services.framework.outbox import Event
-from services.wallet.adapters.events import OUTBOX
+from services.framework.outbox import Event, topic_for
+from services.wallet.adapters.events import AGGREGATE, OUTBOX
+from services.wallet.domain.batch import Accepted
 from services.wallet.domain.model import (
     Hold,
     HoldState,
@@ -82,6 +83,66 @@ def _wallet(row: dict[str, Any]) -> Wallet:
     )
 
 
+def _recorded(row: dict[str, Any]) -> tuple[uuid.UUID, TransferOrder]:
+    """A ledger header as the transaction id and the order that recorded it."""
+    return row["transaction_id"], TransferOrder(
+        source_wallet_id=row["source_wallet_id"],
+        destination_wallet_id=row["destination_wallet_id"],
+        amount=row["amount"],
+        currency=row["currency"],
+        reference=row["reference"],
+        kind=TransactionKind(row["kind"]),
+        description=row["description"],
+    )
+
+
+OUTBOX_TOPIC = topic_for(AGGREGATE)
+
+# The outbox rows of a batch (LedgerRepository.record_movements): two per movement, the
+# source's then the destination's, as parallel arrays of event ids and serialised envelopes.
+EventColumns = tuple[list[uuid.UUID], list[bytes]]
+
+# A batch's writes: one statement whose text does not depend on the batch's size. Per
+# movement `m` (in the batch's order `n`): its header, and the balance each of its two
+# wallets has right after it; the legs, wallet deltas, entries and outbox keys follow.
+_RECORD_MOVEMENTS = (
+    "WITH m AS ("
+    "  SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::uuid[],"
+    "    %s::uuid[], %s::text[], %s::bigint[], %s::bigint[]) WITH ORDINALITY AS m(transaction_id,"
+    "    reference, kind, currency, amount, source, destination, description, source_after,"
+    "    destination_after, n)),"
+    " header AS ("
+    "  INSERT INTO ledger_transactions (transaction_id, reference, kind, currency, amount,"
+    "    source_wallet_id, destination_wallet_id, description)"
+    "  SELECT transaction_id, reference, kind, currency, amount, source, destination, description"
+    "  FROM m ORDER BY n),"
+    " legs AS ("
+    "  SELECT m.n, l.leg, m.transaction_id, l.wallet_id, l.amount, l.balance_after, l.counterparty"
+    "  FROM m CROSS JOIN LATERAL (VALUES (1, m.source, -m.amount, m.source_after, m.destination),"
+    "    (2, m.destination, m.amount, m.destination_after, m.source))"
+    "    AS l(leg, wallet_id, amount, balance_after, counterparty)),"
+    " moved AS ("
+    "  UPDATE wallets w SET balance = w.balance + d.delta, available = w.available + d.delta,"
+    "    version = w.version + d.movements, updated_at = now()"
+    "  FROM (SELECT wallet_id, sum(amount)::bigint AS delta, count(*) AS movements FROM legs"
+    "    GROUP BY wallet_id) d"
+    "  WHERE w.wallet_id = d.wallet_id"
+    f"  RETURNING {', '.join('w.' + c.strip() for c in _WALLET_COLUMNS.split(','))}),"
+    " entries AS ("
+    "  INSERT INTO wallet_transactions (transaction_id, wallet_id, amount, balance_after,"
+    "    counterparty_wallet_id)"
+    "  SELECT transaction_id, wallet_id, amount, balance_after, counterparty FROM legs"
+    "  ORDER BY n, wallet_id),"
+    " outbox_rows AS ("
+    "  INSERT INTO outbox (event_id, topic, message_key, envelope)"
+    "  SELECT e.event_id, %s, l.wallet_id::text, e.envelope"
+    "  FROM unnest(%s::uuid[], %s::bytea[]) WITH ORDINALITY AS e(event_id, envelope, k)"
+    "  JOIN legs l ON l.n = (e.k + 1) / 2 AND l.leg = 2 - e.k %% 2"
+    "  ORDER BY e.k)"
+    " SELECT * FROM moved"
+)
+
+
 class LedgerRepository:
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
@@ -136,6 +197,82 @@ class LedgerRepository:
         )
         return {row["wallet_id"]: _wallet(row) for row in await cur.fetchall()}
 
+    async def lock_for_batch(
+        self, wallet_ids: Sequence[uuid.UUID], references: Sequence[str]
+    ) -> tuple[dict[uuid.UUID, Wallet], dict[str, tuple[uuid.UUID, TransferOrder]], datetime]:
+        """A batch's reads, in one round trip (a pipeline): every wallet it names, locked as
+        `lock_wallets` does (ascending wallet_id, NO KEY UPDATE); then the references already
+        recorded, read by a second statement, so after the locks and with a snapshot that
+        includes whatever the lock waits let commit; and the transaction's time, which
+        `updated_at` of each wallet it writes will show."""
+        async with self.conn.pipeline():
+            locking = await self.conn.execute(
+                f"SELECT {_WALLET_COLUMNS} FROM wallets WHERE wallet_id = ANY(%s::uuid[]) "
+                f"ORDER BY wallet_id FOR NO KEY UPDATE",
+                (sorted(set(wallet_ids)),),
+                prepare=True,
+            )
+            finding = await self.conn.execute(
+                "SELECT transaction_id, reference, kind, currency, amount, source_wallet_id, "
+                "destination_wallet_id, description, now() AS at FROM ledger_transactions "
+                "WHERE reference = ANY(%s::text[]) "
+                "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, now()",
+                (list(set(references)),),
+                prepare=True,
+            )
+            wallets = {row["wallet_id"]: _wallet(row) for row in await locking.fetchall()}
+            rows = await finding.fetchall()
+        recorded = {row["reference"]: _recorded(row) for row in rows if row["reference"] is not None}
+        return wallets, recorded, rows[0]["at"]  # now(): the same in every row
+
+    async def record_movements(
+        self, movements: Sequence[Accepted], final: Sequence[Wallet], events: EventColumns
+    ) -> list[Wallet]:
+        """Writes a batch's accepted movements in one statement: their ledger headers, each
+        wallet's amounts once (the sum of its movements, its version raised by their number),
+        two entries per movement with the balance each leaves, and its two events (already
+        serialised by the caller) in the outbox, all in the batch's order, so entry ids and
+        outbox positions follow each wallet's versions.
+
+        The statement's text does not depend on the batch's size (arrays, not VALUES
+        lists), so psycopg prepares it once per connection. A reference taken meanwhile
+        by another transaction is a unique violation: the whole batch fails and the
+        caller runs its orders one by one. The wallets written must be exactly `final`,
+        which the caller computed under the same locks; otherwise this raises rather than
+        commit anything it did not mean."""
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for m in movements:
+            o = m.order
+            row = (
+                m.transaction_id,
+                o.reference,
+                o.kind.value,
+                o.currency,
+                o.amount,
+                o.source_wallet_id,
+                o.destination_wallet_id,
+                o.description,
+                m.source.balance,
+                m.destination.balance,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        event_ids, envelopes = events
+        if len(event_ids) != 2 * len(movements) or len(envelopes) != len(event_ids):
+            raise RuntimeError("a batch needs exactly two events per movement")
+        cur = await self.conn.execute(
+            _RECORD_MOVEMENTS, [*columns, OUTBOX_TOPIC, event_ids, envelopes], prepare=True
+        )
+        written = {row["wallet_id"]: _wallet(row) for row in await cur.fetchall()}
+        expected = {w.wallet_id: w for w in final}
+        if written.keys() != expected.keys() or any(
+            (w.balance, w.available, w.pending, w.version)
+            != (expected[i].balance, expected[i].available, expected[i].pending, expected[i].version)
+            for i, w in written.items()
+        ):
+            raise RuntimeError("a batch wrote wallets other than the ones it computed")
+        return [written[i] for i in sorted(written)]
+
     async def recorded_transfer(self, reference: str) -> tuple[uuid.UUID, TransferOrder] | None:
         cur = await self.conn.execute(
             "SELECT transaction_id, reference, kind, currency, amount, source_wallet_id, "
@@ -143,17 +280,7 @@ class LedgerRepository:
             (reference,),
         )
         row = await cur.fetchone()
-        if row is None:
-            return None
-        return row["transaction_id"], TransferOrder(
-            source_wallet_id=row["source_wallet_id"],
-            destination_wallet_id=row["destination_wallet_id"],
-            amount=row["amount"],
-            currency=row["currency"],
-            reference=row["reference"],
-            kind=TransactionKind(row["kind"]),
-            description=row["description"],
-        )
+        return None if row is None else _recorded(row)
 
     async def record_movement(
         self,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -17,12 +20,14 @@ from services.wallet.adapters.balance_cache import BalanceCache
 from services.wallet.adapters.events import (
     OUTBOX,
     STATE_EVENTS,
+    batch_event_columns,
     entry_event,
     hold_event,
     moved,
     wallet_event,
 )
 from services.wallet.adapters.repository import LedgerRepository, Leg, transfer_legs
+from services.wallet.domain.batch import Accepted, Outcome, Replayed, plan_batch
 from services.wallet.domain.model import (
     Hold,
     HoldNotActive,
@@ -43,6 +48,9 @@ from services.wallet.domain.model import (
     reference_mismatches,
     system_wallet_id,
 )
+from services.wallet.service_layer.batching import FALLBACKS, Batcher
+
+log = logging.getLogger("interpay.wallet.ledger")
 
 
 @dataclass(frozen=True)
@@ -81,18 +89,39 @@ class Reconciliation:
     unbalanced_transaction_ids: list[uuid.UUID]
 
 
+def _result(outcome: Outcome) -> TransferResult | BaseException:
+    if isinstance(outcome, Accepted):
+        return TransferResult(outcome.transaction_id, outcome.source, outcome.destination, replayed=False)
+    if isinstance(outcome, Replayed):
+        return TransferResult(outcome.transaction_id, outcome.source, outcome.destination, replayed=True)
+    return outcome
+
+
 class Ledger:
-    def __init__(self, db: Database, cache: BalanceCache | None = None) -> None:
+    """The wallet's use cases. `batch_size` > 1 coalesces concurrent transfers into
+    shared transactions of at most that many orders (service_layer/batching.py); 1 runs
+    every transfer on its own."""
+
+    def __init__(self, db: Database, cache: BalanceCache | None = None, batch_size: int = 1) -> None:
         self.db = db
         self.cache = cache
+        self._settling: set[asyncio.Task[None]] = set()  # cache writes that end after a batch
+        self.batcher: Batcher[TransferOrder, TransferResult] | None = (
+            Batcher(self.transfer_many, batch_size) if batch_size > 1 else None
+        )
 
     @asynccontextmanager
     async def _writing(
-        self, wallet_ids: list[uuid.UUID]
+        self, wallet_ids: list[uuid.UUID], *, settle_later: bool = False
     ) -> AsyncIterator[tuple[LedgerRepository, list[Wallet]]]:
         """One transaction that may change the named wallets. The use case appends each
         wallet it changed; the cache hears of the writers before the transaction and of
-        the committed snapshots after it (see adapters/balance_cache.py)."""
+        the committed snapshots after it (see adapters/balance_cache.py).
+
+        `settle_later` tells the cache after returning instead of before: the wallets stay
+        marked as being written until then, so a read in between goes to PostgreSQL and
+        sees the commit; a batch answers its callers and the next batch starts without
+        waiting for Redis."""
         changed: list[Wallet] = []
         announced = self.cache is not None and await self.cache.begin_write(wallet_ids)
         try:
@@ -103,7 +132,18 @@ class Ledger:
             raise
         finally:
             if announced and self.cache is not None:
-                await self.cache.end_write(wallet_ids, changed)
+                settle = self.cache.end_write(wallet_ids, changed)
+                if settle_later:
+                    task = asyncio.get_running_loop().create_task(settle)
+                    self._settling.add(task)
+                    task.add_done_callback(self._settling.discard)
+                else:
+                    await settle
+
+    async def settled(self) -> None:
+        """Waits for the cache writes that batches left to finish after them."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def create_wallet(self, owner_type: OwnerType, owner_id: str, currency: str) -> Wallet:
         async with self.db.transaction() as conn:
@@ -165,6 +205,80 @@ class Ledger:
 
     async def transfer(self, order: TransferOrder) -> TransferResult:
         """One balanced ledger transaction, idempotent on the order's reference.
+
+        With a batcher (the service's default), concurrent transfers share one database
+        transaction (`transfer_many`); alone, or without one, `_transfer_one`. Either way
+        the answer is the one this order would get from `_transfer_one` run in arrival
+        order."""
+        if self.batcher is not None and order.source_wallet_id != order.destination_wallet_id:
+            return await self.batcher.submit(order)
+        return await self._transfer_one(order)
+
+    async def transfer_many(
+        self, orders: Sequence[TransferOrder], contexts: Sequence[contextvars.Context] = ()
+    ) -> list[TransferResult | BaseException]:
+        """Decides the orders as one batch: one outcome per order, in order, each what
+        `_transfer_one` would answer had the orders run one after another (see
+        domain/batch.py for the rules). `contexts` are the callers' contexts, for the
+        traces their events carry.
+
+        One transaction (`_transfer_batch`). A lone order takes the one-transfer path,
+        which is fewer round trips. If the batch fails as a whole (a reference taken
+        meanwhile by a writer outside the batch, a lost connection, anything
+        unexpected), nothing of it committed, or everything did, and its orders run
+        again one by one through `_transfer_one`: each then gets its own answer (a
+        replay, if the batch had in fact committed), never a wrong one."""
+        if len(orders) == 1:
+            return [await self._one_outcome(orders[0], contexts[0] if contexts else None)]
+        try:
+            return await self._transfer_batch(orders, contexts)
+        except Exception:
+            log.warning(
+                "a transfer batch failed as a whole; its orders run one by one",
+                exc_info=True,
+                extra={"orders": len(orders)},
+            )
+            FALLBACKS.inc()
+            return [
+                await self._one_outcome(order, contexts[i] if i < len(contexts) else None)
+                for i, order in enumerate(orders)
+            ]
+
+    async def _one_outcome(
+        self, order: TransferOrder, context: contextvars.Context | None
+    ) -> TransferResult | BaseException:
+        """`_transfer_one`'s answer, the work done in the caller's context (so its trace
+        covers the transaction and its events carry it)."""
+        try:
+            if context is None:
+                return await self._transfer_one(order)
+            return await asyncio.get_running_loop().create_task(self._transfer_one(order), context=context)
+        except Exception as exc:  # the caller's answer, raised in its own request
+            return exc
+
+    async def _transfer_batch(
+        self, orders: Sequence[TransferOrder], contexts: Sequence[contextvars.Context]
+    ) -> list[TransferResult | BaseException]:
+        """One READ COMMITTED transaction for the whole batch, in the ledger's lock order:
+
+        1. every wallet the orders name, locked in ascending wallet_id order (as every
+           writer locks), then the references already recorded (one round trip);
+        2. the orders judged in arrival order against running balances (plan_batch);
+        3. the accepted movements written by one statement, then COMMIT.
+
+        The balance cache hears of every wallet of the batch before the transaction and
+        of the committed snapshots after it, one Redis call each for the whole batch."""
+        wallet_ids = sorted({w for o in orders for w in (o.source_wallet_id, o.destination_wallet_id)})
+        async with self._writing(wallet_ids, settle_later=True) as (repo, changed):
+            wallets, recorded, at = await repo.lock_for_batch(wallet_ids, [o.reference for o in orders])
+            plan = plan_batch(orders, wallets, recorded, at)
+            if plan.accepted:
+                events = batch_event_columns(plan.accepted, wallets, contexts, at)
+                changed.extend(await repo.record_movements(plan.accepted, list(plan.final.values()), events))
+        return [_result(outcome) for outcome in plan.outcomes]
+
+    async def _transfer_one(self, order: TransferOrder) -> TransferResult:
+        """One transfer, one transaction.
 
         Locks: the two wallet rows in wallet_id order, then the reference's unique-index
         entry (a concurrent request with the same reference waits for the wallets, then
@@ -395,9 +509,7 @@ class Ledger:
 
     # -- reconciliation -----------------------------------------------------------------
     async def reconcile(self) -> Reconciliation:
-        async with self.db.transaction() as conn:
-            # One consistent snapshot: balances and entries as of the same instant.
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        async with self.db.snapshot() as conn:  # balances and entries as of one instant
             found = await LedgerRepository(conn).reconcile()
         return Reconciliation(
             found["wallets"], found["transactions"], found["mismatched"], found["unbalanced"]
