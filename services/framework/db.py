@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from yoyo import get_backend, read_migrations
@@ -78,6 +79,22 @@ class Database:
                 async with conn.pipeline():  # sent with the BEGIN: no round trip of its own
                     await conn.execute(audit.SETTINGS_SQL, settings)
             yield conn  # the pool commits on clean exit and rolls back on an exception
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection whose every statement commits by itself: for work that needs no
+        shared snapshot, where BEGIN and COMMIT would only add two round trips (the fraud
+        check). Given back to the pool transactional, as the pool lends connections, or
+        closed (and replaced by the pool) when it cannot be (cancelled mid-statement)."""
+        async with self.pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if conn.pgconn.transaction_status == TransactionStatus.IDLE:
+                    await conn.set_autocommit(False)
+                else:
+                    await conn.close()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.api import annotations_pb2
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from redis.asyncio import Redis
@@ -25,6 +23,7 @@ from redis.exceptions import RedisError
 from services.framework import call
 from services.framework.config import integer
 from services.framework.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument
+from services.framework.interceptors import http_rules
 from services.framework.topology import ServiceSpec
 
 log = logging.getLogger("interpay.idempotency")
@@ -108,18 +107,12 @@ _MUTATING_VERBS = ("post", "put", "patch", "delete")
 def mutating_rpcs(spec: ServiceSpec) -> frozenset[str]:
     """The RPCs of a service's contract whose HTTP rule changes something (POST, PUT,
     PATCH, DELETE), less those with their own key and those never replayed."""
-    importlib.import_module(spec.proto_module)
-    service = descriptor_pool.Default().FindServiceByName(spec.grpc_service)
-    found = set()
-    for method in service.methods:
-        options = method.GetOptions()
-        if not options.HasExtension(annotations_pb2.http):
-            continue
-        rule = options.Extensions[annotations_pb2.http]
-        full = f"{spec.grpc_service}/{method.name}"
-        if rule.WhichOneof("pattern") in _MUTATING_VERBS and full not in OWN_KEYS | NEVER_REPLAYED:
-            found.add(method.name)
-    return frozenset(found)
+    return frozenset(
+        name
+        for name, rule in http_rules(spec).items()
+        if rule.WhichOneof("pattern") in _MUTATING_VERBS
+        and f"{spec.grpc_service}/{name}" not in OWN_KEYS | NEVER_REPLAYED
+    )
 
 
 class RequestInProgress(Aborted):

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import protovalidate
 from buf.validate import validate_pb2
-from google.api import annotations_pb2
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
@@ -204,11 +204,20 @@ class AllowlistInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_unary(handler, wrap)
 
 
-def public_rpcs(spec: ServiceSpec) -> frozenset[str]:
-    """The RPCs of a service's contract that carry a `google.api.http` rule."""
+def http_rules(spec: ServiceSpec) -> dict[str, http_pb2.HttpRule]:
+    """The `google.api.http` rule of each RPC of a service's contract that has one."""
     importlib.import_module(spec.proto_module)  # registers the descriptors
     service = descriptor_pool.Default().FindServiceByName(spec.grpc_service)
-    return frozenset(m.name for m in service.methods if m.GetOptions().HasExtension(annotations_pb2.http))
+    return {
+        m.name: m.GetOptions().Extensions[annotations_pb2.http]
+        for m in service.methods
+        if m.GetOptions().HasExtension(annotations_pb2.http)
+    }
+
+
+def public_rpcs(spec: ServiceSpec) -> frozenset[str]:
+    """The RPCs of a service's contract that carry a `google.api.http` rule."""
+    return frozenset(http_rules(spec))
 
 
 class EdgeAuthInterceptor(grpc.aio.ServerInterceptor):

@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,14 +19,12 @@ import pytest
 from cassandra.cluster import Session
 from psycopg.rows import dict_row
 
-from services.framework.topology import SERVICES, Profile
+from services.framework.topology import Profile
 from tests.conftest import database_url
 from tests.e2e.test_card_payments import fresh_card, tokenize
 from tests.e2e.test_edge_auth import api_key
 from tests.e2e.test_payments_flow import create_merchant, pay, payer
 from tests.helpers import poll
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +49,6 @@ def trail(conn: psycopg.Connection[Any], table: str, entity_id: str) -> list[dic
         "SELECT * FROM audit_trail WHERE table_name = %s AND entity_id = %s ORDER BY audit_id",
         (table, entity_id),
     ).fetchall()
-
-
-def test_every_audit_migration_is_the_framework_snippet() -> None:
-    snippet = (ROOT / "services" / "framework" / "audit.sql").read_text()
-    copies = {
-        path.parts[-3]: path
-        for path in sorted(ROOT.glob("services/*/migrations/*.sql"))
-        if "CREATE TABLE audit_trail" in path.read_text()
-    }
-    assert set(copies) == {spec.name for spec in SERVICES}  # every service keeps the trail
-    for path in copies.values():
-        assert path.read_text() == snippet, f"{path} differs from services/framework/audit.sql"
 
 
 def test_a_payment_records_who_changed_it_from_where_and_what_it_was(

@@ -287,18 +287,6 @@ def test_the_consumer_lag_is_exported(profile) -> None:  # type: ignore[no-untyp
     assert all(float(line.rsplit(" ", 1)[1]) >= 0 for line in lines)
 
 
-def test_every_processed_events_migration_is_the_framework_snippet() -> None:
-    snippet = (ROOT / "services" / "framework" / "consumer.sql").read_text()
-    copies = [
-        path
-        for path in sorted(ROOT.glob("services/*/migrations/*.sql"))
-        if "CREATE TABLE processed_events" in path.read_text()
-    ]
-    assert ROOT / "services" / "notifications" / "migrations" / "0002_processed_events.sql" in copies
-    for path in copies:
-        assert path.read_text() == snippet, f"{path} differs from services/framework/consumer.sql"
-
-
 def test_a_transfer_notifies_both_wallet_owners_once(notifications_db, channel) -> None:  # type: ignore[no-untyped-def]
     wallet = WalletServiceStub(channel("wallet", "orchestrator"))  # transfers are internal
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())

@@ -390,18 +390,6 @@ def test_event_payloads_carry_no_secret(profile, wallet, wallet_db, mesh_secrets
         assert type(payload(envelope)) in {pb.Wallet, pb.WalletTransaction, pb.Hold}
 
 
-def test_every_outbox_migration_is_the_framework_snippet() -> None:
-    snippet = (ROOT / "services" / "framework" / "outbox.sql").read_text()
-    copies = [
-        path
-        for path in sorted(ROOT.glob("services/*/migrations/*.sql"))
-        if "CREATE TABLE outbox" in path.read_text()
-    ]
-    assert ROOT / "services" / "wallet" / "migrations" / "0003_outbox.sql" in copies
-    for path in copies:
-        assert path.read_text() == snippet, f"{path} differs from services/framework/outbox.sql"
-
-
 def test_one_relay_at_a_time_holds_the_publishing_lease(wallet_db) -> None:  # type: ignore[no-untyped-def]
     def holders() -> int:
         row = wallet_db.execute(

@@ -23,8 +23,8 @@ from services.merchants.domain.settlement import LineKind, SettlementLine, payou
 from tests.conftest import database_url
 from tests.e2e.test_payments_flow import CUR, create_merchant, pay, payer
 from tests.e2e.test_slice_http import balance
-from tests.helpers import http_details
-from tests.integration.test_consumers_notifications import poll
+from tests.helpers import http_details, poll
+from tests.integration.test_consumers_merchants import refund
 
 FEE_BPS = 290
 
@@ -37,15 +37,6 @@ def merchants_db(profile: Profile, mesh_secrets: dict[str, str]) -> Iterator[psy
 
 def fee(amount: int) -> int:
     return (amount * FEE_BPS + 5_000) // 10_000
-
-
-def refund(gateway: httpx.Client, payment_id: str, amount: int) -> None:
-    reply = gateway.post(
-        f"/v1/payments/{payment_id}/refunds",
-        headers={"Idempotency-Key": str(uuid.uuid4())},
-        json={"amount": {"amountMinor": str(amount), "currency": CUR}, "reason": "returned"},
-    )
-    assert reply.status_code == 200, reply.text
 
 
 def wait_for_lines(db: psycopg.Connection[Any], merchant_id: str, count: int) -> list[tuple[Any, ...]]:

@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from prometheus_client import Counter, Histogram
-from psycopg import AsyncConnection
-from psycopg.pq import TransactionStatus
 
 from services.framework.db import Database
 from services.fraud.adapters.counters import Counters
@@ -97,7 +92,7 @@ class FraudChecks:
     async def check(self, request: CheckRequest) -> FraudCheck:
         started = time.perf_counter() if request.received is None else request.received
         txn = request.transaction
-        async with self._autocommit() as conn:
+        async with self.db.autocommit() as conn:
             repo = FraudRepository(conn)
             # The replica's rules tell whether to ask for the device's history in the same
             # trip; a rule enabled since is caught up below with a query of its own.
@@ -128,20 +123,6 @@ class FraudChecks:
         CHECK_LATENCY.observe(time.perf_counter() - started)
         CHECK_DECISIONS.labels(check.decision.value, str(check.degraded).lower()).inc()
         return recorded
-
-    @asynccontextmanager
-    async def _autocommit(self) -> AsyncIterator[AsyncConnection[Any]]:
-        """A pooled connection in autocommit, given back to the pool as the pool lends them
-        (transactional), or closed (and so replaced by the pool) when it cannot be."""
-        async with self.db.pool.connection() as conn:
-            await conn.set_autocommit(True)
-            try:
-                yield conn
-            finally:
-                if conn.pgconn.transaction_status == TransactionStatus.IDLE:
-                    await conn.set_autocommit(False)
-                else:  # cancelled mid-statement or broken
-                    await conn.close()
 
     async def _decide(
         self, request: CheckRequest, snapshot: Snapshot, started: float, history: DeviceHistory | None

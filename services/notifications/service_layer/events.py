@@ -69,6 +69,27 @@ def webhook_body(envelope: EventEnvelope, payload: Message) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
+async def notify(
+    repo: NotificationRepository,
+    user_id: uuid.UUID,
+    rendered: templates.Rendered | None,
+    envelope: EventEnvelope,
+    now: datetime,
+) -> None:
+    """The user's in-app notification of an event, if the event has something to say."""
+    if rendered is not None:
+        await repo.add_notification(
+            user_id,
+            "IN_APP",
+            rendered.template,
+            uuid.UUID(envelope.event_id),
+            envelope.event_type,
+            rendered.title,
+            rendered.body,
+            now,
+        )
+
+
 class EventHandler:
     def __init__(self, merchants: MerchantsServiceStub) -> None:
         self.merchants = merchants
@@ -79,7 +100,7 @@ class EventHandler:
         now = datetime.now(UTC)
         event_id = uuid.UUID(envelope.event_id)
         if envelope.aggregate_type == "wallet":
-            await self._wallet(repo, envelope, event_id, now)
+            await self._wallet(repo, envelope, now)
             return
         if envelope.aggregate_type == "refund":
             await self._refund(repo, envelope, event_id, now)
@@ -88,17 +109,8 @@ class EventHandler:
             return  # nothing to say about it
         payment: payments_pb.Payment = unpack(envelope, payments_pb.Payment)
         rendered = templates.for_payment(envelope.event_type, payment)
-        if rendered is not None and payment.payer_user_id:
-            await repo.add_notification(
-                uuid.UUID(payment.payer_user_id),
-                "IN_APP",
-                rendered.template,
-                event_id,
-                envelope.event_type,
-                rendered.title,
-                rendered.body,
-                now,
-            )
+        if payment.payer_user_id:
+            await notify(repo, uuid.UUID(payment.payer_user_id), rendered, envelope, now)
         await self._deliveries(repo, envelope, payment.merchant_id, payment, now)
         await self._learn_payment(repo, payment, now)
 
@@ -142,22 +154,11 @@ class EventHandler:
     ) -> None:
         """The payer's notification (a refund done or failed) and the merchant's webhooks."""
         rendered = templates.for_refund(envelope.event_type, refund, parties["label"])
-        if rendered is not None and parties["payer_user_id"] is not None:
-            await repo.add_notification(
-                parties["payer_user_id"],
-                "IN_APP",
-                rendered.template,
-                uuid.UUID(envelope.event_id),
-                envelope.event_type,
-                rendered.title,
-                rendered.body,
-                now,
-            )
+        if parties["payer_user_id"] is not None:
+            await notify(repo, parties["payer_user_id"], rendered, envelope, now)
         await self._deliveries(repo, envelope, str(parties["merchant_id"]), refund, now)
 
-    async def _wallet(
-        self, repo: NotificationRepository, envelope: EventEnvelope, event_id: uuid.UUID, now: datetime
-    ) -> None:
+    async def _wallet(self, repo: NotificationRepository, envelope: EventEnvelope, now: datetime) -> None:
         """Transfers, told to the users whose wallets they moved. A wallet's events share
         its partition, in version order, so its WalletCreated (which names the owner) is
         always processed before any of its entries."""
@@ -172,17 +173,8 @@ class EventHandler:
         entry: wallet_pb.WalletTransaction = unpack(envelope, wallet_pb.WalletTransaction)
         rendered = templates.for_wallet_entry(envelope.event_type, entry)
         owner = await repo.wallet_owner(uuid.UUID(entry.wallet_id)) if rendered else None
-        if rendered is not None and owner is not None:
-            await repo.add_notification(
-                owner,
-                "IN_APP",
-                rendered.template,
-                event_id,
-                envelope.event_type,
-                rendered.title,
-                rendered.body,
-                now,
-            )
+        if owner is not None:
+            await notify(repo, owner, rendered, envelope, now)
 
     async def _deliveries(
         self,
