@@ -51,6 +51,10 @@ class Database:
             max_size=max_size,
             open=False,
             kwargs={"row_factory": dict_row, "autocommit": False},
+            # Test on borrow (an empty query): a connection that died while idle in the pool
+            # (PostgreSQL restarted, a network cut) is replaced before anyone uses it, so a
+            # restart costs requests nothing but the wait for the server.
+            check=AsyncConnectionPool.check_connection,
         )
 
     def pool_gauges(self) -> list[tuple[list[str], float]]:

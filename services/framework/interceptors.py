@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 import protovalidate
+import psycopg
 from buf.validate import validate_pb2
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pool
@@ -123,6 +124,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                     raise
+                except psycopg.OperationalError as exc:  # the database went away mid-request
+                    code = grpc.StatusCode.UNAVAILABLE
+                    log.warning("database unavailable", extra={"rpc": method, "error": str(exc)[:200]})
+                    await abort(
+                        context,
+                        errors.Unavailable(
+                            "the service's database is unavailable; retry later",
+                            metadata={"dependency": "postgresql"},
+                        ).to_status(self.domain),
+                    )
                 except Exception:
                     code = grpc.StatusCode.INTERNAL
                     trace_id = current_trace_id()

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -221,3 +222,48 @@ def test_money_and_events_survive_kills_restarts_and_outages(
     while lines() != {p["paymentId"] for p in captured} and time.monotonic() < deadline:
         time.sleep(1)
     assert lines() == {p["paymentId"] for p in captured}
+
+
+def test_a_postgres_restart_costs_no_request_an_error(
+    profile: Profile, gateway: httpx.Client, mesh_secrets: dict[str, str]
+) -> None:
+    """Every service's pool holds connections that die with the server; the pool tests a
+    connection before lending it, so the first requests after the restart succeed."""
+    ctl = supervisor(profile)
+    shop = create_merchant(gateway)
+    wallet = payer(gateway, 100_000)
+
+    def pay_at_once(count: int) -> list[httpx.Response]:
+        """`count` payments at the same time, so each service lends several connections."""
+
+        def pay(_: int) -> httpx.Response:
+            with httpx.Client(base_url=str(gateway.base_url), headers=dict(gateway.headers), timeout=30) as c:
+                return c.post(
+                    "/v1/payments",
+                    headers={"Idempotency-Key": str(uuid.uuid4())},
+                    json={
+                        "merchantId": shop["merchantId"],
+                        "payerWalletId": wallet,
+                        "amount": {"amountMinor": "100", "currency": CUR},
+                    },
+                )
+
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(pay, range(count)))
+
+    assert all(r.status_code == 200 for r in pay_at_once(8))  # the pools now hold several connections
+    ctl("restart", "postgres")
+    wait_running(ctl, "postgres")
+    deadline = time.monotonic() + 60
+    while True:  # the server accepts connections again
+        try:
+            psycopg.connect(database_url(profile, mesh_secrets, "wallet"), connect_timeout=2).close()
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    # No retries: every request must succeed at its first attempt.
+    replies = pay_at_once(8)
+    assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies if r.status_code != 200]
+    assert balance(gateway, wallet) == 100_000 - 16 * 100
