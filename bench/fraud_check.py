@@ -290,7 +290,12 @@ def _rpc_durations(log: Path, offset: int | None) -> list[float] | None:
     return sorted(durations)
 
 
-async def run(profile: Profile | str, seconds: float, concurrency: int = CONCURRENCY) -> dict[str, Any]:
+async def run(
+    profile: Profile | str, seconds: float, concurrency: int = CONCURRENCY, rate: float | None = None
+) -> dict[str, Any]:
+    """Closed loop with `concurrency` clients, or, given a `rate`, an open model: checks
+    arrive at that mean rate (exponential gaps, a Poisson process, as independent payments
+    arrive) whatever the service's speed, each one answered or counted as an error."""
     if isinstance(profile, str):
         profile = PROFILES[profile]
     address = f"{HOST}:{profile.service_port('fraud')}"
@@ -344,8 +349,31 @@ async def run(profile: Profile | str, seconds: float, concurrency: int = CONCURR
                         continue
                     latencies.append(time.perf_counter() - started)
 
+            async def one() -> None:
+                started = time.perf_counter()
+                try:
+                    await fraud.CheckTransaction(_request(run_id, payers), timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    return
+                latencies.append(time.perf_counter() - started)
+
+            async def arrivals(per_second: float) -> None:
+                gaps = random.Random(run_id)
+                due, pending = time.perf_counter(), set()
+                while due < stop:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    task = asyncio.create_task(one())
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    due += gaps.expovariate(per_second)
+                await asyncio.gather(*pending)
+
             began = time.perf_counter()
-            await asyncio.gather(*(client() for _ in range(concurrency)))
+            if rate is None:
+                await asyncio.gather(*(client() for _ in range(concurrency)))
+            else:
+                await arrivals(rate)
             elapsed = time.perf_counter() - began
             after = _histogram((await http.get(metrics_url)).text)
             await asyncio.sleep(0.5)
@@ -370,7 +398,11 @@ async def run(profile: Profile | str, seconds: float, concurrency: int = CONCURR
     within_target = _share_within(before, after, TARGET_SERVICE_P99_MS / 1000)
     return {
         "rules_active": len(created),
-        "concurrency": concurrency,
+        "load": f"open model, {rate:g}/s Poisson arrivals"
+        if rate
+        else f"closed loop, {concurrency} in flight",
+        "concurrency": None if rate else concurrency,
+        "arrival_rate_per_s": rate,
         "seconds": round(elapsed, 3),
         "checks": len(latencies),
         "errors": errors,
@@ -398,8 +430,9 @@ def main() -> None:
     parser.add_argument("--profile", default="bench", choices=sorted(PROFILES))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--rate", type=float, help="an open model at this many checks per second")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.profile, args.seconds, args.concurrency)), indent=2))
+    print(json.dumps(asyncio.run(run(args.profile, args.seconds, args.concurrency, args.rate)), indent=2))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
+import uvloop
 from interpay.common.v1.money_pb2 import Money
 from interpay.wallet.v1 import wallet_service_pb2 as pb
 from interpay.wallet.v1.wallet_service_pb2_grpc import WalletServiceStub
@@ -33,7 +34,8 @@ FAILURE_BACKOFF_S = 0.01  # a failing service must not turn a lane into a busy l
 def worker_main(job: dict[str, Any], ready: Any, go: Any, results: Any) -> None:
     """Process entry point (spawned): run the job and put its result on `results`."""
     try:
-        results.put(asyncio.run(_run(job, ready, go)))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as the services run
+            results.put(runner.run(_run(job, ready, go)))
     except BaseException as exc:  # report, never hang the parent
         results.put({"worker": job["worker"], "pid": os.getpid(), "error": repr(exc)})
 

@@ -3,7 +3,8 @@
 `EventConsumer` is a server resource (start/close) that reads the envelopes of some
 `interpay.events.v1.<aggregate>` topics (services/framework/outbox.py publishes them) in
 a Kafka consumer group and hands each one to the service's handler, `handle(conn,
-event)`, inside a PostgreSQL transaction of the service's own database. In that same
+event)`, inside a PostgreSQL transaction of the service's own database (one transaction
+for each partition's share of a batch, or one per event if that fails). In that same
 transaction the consumer inserts the event's id into `processed_events`
 (services/framework/consumer.sql, copied as a migration): the effect and the record of
 having had it commit together or not at all. An event seen again (Kafka redelivers after
@@ -244,28 +245,49 @@ class EventConsumer:
             await asyncio.to_thread(consumer.close)  # leaves the group: partitions move at once
 
     async def _process_batch(self, messages: list[Message]) -> None:
-        """Processes a batch in order and commits the offsets of what was handled. If a
-        message's handling fails unexpectedly (not the event's fault: that is dead-lettered
-        inside `_process`), each partition is rewound to its first unhandled message, so
-        nothing after it is committed past it; it is read again in the next round."""
+        """Processes a batch and commits the offsets of what was handled.
+
+        The batch is split by partition (a partition is the unit of order: events are keyed
+        by aggregate). An ordered consumer handles its partitions concurrently, each
+        partition's events in order in one transaction (`_apply_many`); an unordered one
+        handles the whole batch in one transaction, concurrently. One commit for a run of
+        events instead of one each is what lets a consumer keep up with a busy producer. If
+        that transaction fails for any reason, it changed nothing, and its events are
+        handled again one by one (`_process`: retries, dead letters), as if batching did not
+        exist. If a message's handling fails unexpectedly even then, each partition is
+        rewound to its first unhandled message, so nothing after it is committed past it;
+        it is read again in the next round."""
         consumer = self._consumer
         assert consumer is not None
         done: dict[tuple[str, int], int] = {}
+        valid: list[Message] = []
+        for message in messages:
+            if message.error() is not None:
+                self._log_kafka_error(message.error())
+            else:
+                valid.append(message)
         try:
             if not self.ordered:
-                await self._process_concurrently(messages, done)
-            for message in messages if self.ordered else ():
-                if message.error() is not None:
-                    self._log_kafka_error(message.error())
-                    continue
-                await self._process(message)
-                done[(message.topic() or "", message.partition() or 0)] = (message.offset() or 0) + 1
+                if not await self._apply_many(valid):
+                    await self._process_concurrently(valid, done)
+                else:
+                    for message in valid:
+                        done[_position(message)] = (message.offset() or 0) + 1
+            else:
+                partitions: dict[tuple[str, int], list[Message]] = {}
+                for message in valid:
+                    partitions.setdefault(_position(message), []).append(message)
+                outcomes = await asyncio.gather(
+                    *(self._process_partition(run, done) for run in partitions.values()),
+                    return_exceptions=True,
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
         except BaseException:
             rewind: dict[tuple[str, int], int] = {}
-            for message in messages:
-                if message.error() is not None:
-                    continue
-                key = (message.topic() or "", message.partition() or 0)
+            for message in valid:
+                key = _position(message)
                 offset = message.offset() or 0
                 if offset >= done.get(key, -1) and key not in rewind:
                     rewind[key] = offset
@@ -277,19 +299,25 @@ class EventConsumer:
             if done:
                 await asyncio.to_thread(self._commit, done)
 
+    async def _process_partition(self, run: list[Message], done: dict[tuple[str, int], int]) -> None:
+        """One partition's messages, in order: all in one transaction, or one by one."""
+        key = _position(run[0])
+        if await self._apply_many(run):
+            done[key] = (run[-1].offset() or 0) + 1
+            return
+        for message in run:
+            await self._process(message)
+            done[key] = (message.offset() or 0) + 1
+
     async def _process_concurrently(self, messages: list[Message], done: dict[tuple[str, int], int]) -> None:
-        """Handles the batch's messages at once; `done` gets, per partition, the offset
-        after the last message before its first failure (the rewind starts there), and the
-        first failure is raised once every message has finished."""
-        valid = [m for m in messages if m.error() is None]
-        for message in messages:
-            if message.error() is not None:
-                self._log_kafka_error(message.error())
-        outcomes = await asyncio.gather(*(self._process(m) for m in valid), return_exceptions=True)
+        """Handles the messages one by one but at once; `done` gets, per partition, the
+        offset after the last message before its first failure (the rewind starts there),
+        and the first failure is raised once every message has finished."""
+        outcomes = await asyncio.gather(*(self._process(m) for m in messages), return_exceptions=True)
         failed: set[tuple[str, int]] = set()
         first: BaseException | None = None
-        for message, outcome in zip(valid, outcomes, strict=True):
-            key = (message.topic() or "", message.partition() or 0)
+        for message, outcome in zip(messages, outcomes, strict=True):
+            key = _position(message)
             if isinstance(outcome, BaseException):
                 failed.add(key)
                 first = first or outcome
@@ -325,22 +353,13 @@ class EventConsumer:
 
     # -- one message ----------------------------------------------------------------------
     async def _process(self, message: Message) -> None:
-        value = message.value() or b""
-        topic, partition, offset = message.topic() or "", message.partition() or 0, message.offset() or 0
         try:
-            envelope = EventEnvelope.FromString(value)
-            event = ReceivedEvent(envelope, topic, partition, offset)
-            event.event_id  # noqa: B018 - a valid UUID, or the message is poison
+            event = _received(message)
         except (DecodeError, ValueError) as exc:
             await self._dead_letter(message, None, f"not an EventEnvelope with a UUID event_id: {exc}", 0)
             return
-        context = propagate.extract({"traceparent": envelope.traceparent} if envelope.traceparent else {})
-        with tracer.start_as_current_span(
-            f"consume {topic}",
-            context=context,
-            kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.system": "kafka", "interpay.event_type": envelope.event_type},
-        ):
+        envelope = event.envelope
+        with self._span(event):
             attempt = 0
             transient_failures = 0
             while True:
@@ -381,6 +400,75 @@ class EventConsumer:
                 return False
             await self.handler(conn, event)
         return True
+
+    async def _apply_many(self, messages: list[Message]) -> bool:
+        """Handles `messages` in one transaction: their records in one statement, then the
+        handler for each event not seen before (in order if the consumer is ordered, else
+        concurrently). True if it committed; False if it changed nothing, because there was
+        nothing to batch, a message is not an envelope, or anything failed (the caller then
+        handles them one by one, which retries, dead-letters and logs as it should)."""
+        if len(messages) < 2:
+            return False
+        try:
+            events = [_received(m) for m in messages]
+            ids = [e.event_id for e in events]
+        except (DecodeError, ValueError):
+            return False
+        try:
+            async with self.db.transaction() as conn:
+                cur = await conn.execute(
+                    "INSERT INTO processed_events (consumer, event_id, event_type, topic, kafka_partition, "
+                    "kafka_offset, outcome) SELECT %s, e.*, 'PROCESSED' FROM unnest("
+                    "%s::uuid[], %s::text[], %s::text[], %s::int[], %s::bigint[]) AS e "
+                    "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+                    (
+                        self.name,
+                        ids,
+                        [e.envelope.event_type for e in events],
+                        [e.topic for e in events],
+                        [e.partition for e in events],
+                        [e.offset for e in events],
+                    ),
+                )
+                new = {row["event_id"] for row in await cur.fetchall()}
+                fresh, first_seen = [], set()
+                for event, event_id in zip(events, ids, strict=True):
+                    if event_id in new and event_id not in first_seen:  # a batch may hold one event twice
+                        first_seen.add(event_id)
+                        fresh.append(event)
+                if self.ordered:
+                    for event in fresh:
+                        await self._handle(conn, event)
+                else:
+                    outcomes = await asyncio.gather(
+                        *(self._handle(conn, e) for e in fresh), return_exceptions=True
+                    )
+                    for outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+        except Exception as exc:
+            log.debug("batch rolled back; one by one", extra={"consumer": self.name, "error": repr(exc)})
+            return False
+        EVENTS.labels(self.name, "processed").inc(len(fresh))
+        if len(events) > len(fresh):
+            EVENTS.labels(self.name, "duplicate").inc(len(events) - len(fresh))
+        return True
+
+    async def _handle(self, conn: psycopg.AsyncConnection[Any], event: ReceivedEvent) -> None:
+        with self._span(event):
+            await self.handler(conn, event)
+
+    @staticmethod
+    def _span(event: ReceivedEvent) -> contextlib.AbstractContextManager[trace.Span]:
+        """The event's consumer span, a child of the span that published it."""
+        envelope = event.envelope
+        context = propagate.extract({"traceparent": envelope.traceparent} if envelope.traceparent else {})
+        return tracer.start_as_current_span(
+            f"consume {event.topic}",
+            context=context,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "kafka", "interpay.event_type": envelope.event_type},
+        )
 
     async def _record(self, conn: psycopg.AsyncConnection[Any], event: ReceivedEvent, outcome: str) -> bool:
         cur = await conn.execute(
@@ -490,6 +578,19 @@ class EventConsumer:
 
 class _Stopping(Exception):  # noqa: N818
     pass
+
+
+def _received(message: Message) -> ReceivedEvent:
+    """The message as an event; DecodeError or ValueError if it is not an envelope with a
+    UUID event id (poison)."""
+    envelope = EventEnvelope.FromString(message.value() or b"")
+    event = ReceivedEvent(envelope, message.topic() or "", message.partition() or 0, message.offset() or 0)
+    event.event_id  # noqa: B018 - a valid UUID, or the message is poison
+    return event
+
+
+def _position(message: Message) -> tuple[str, int]:
+    return (message.topic() or "", message.partition() or 0)
 
 
 _registered = False

@@ -273,6 +273,26 @@ def test_a_consumer_killed_mid_batch_applies_each_event_exactly_once(  # type: i
     assert sorted(str(r[0]) for r in rows) == sorted(ids)
 
 
+def test_a_burst_on_one_partition_is_applied_in_few_transactions(profile, notifications_db) -> None:  # type: ignore[no-untyped-def]
+    """Each partition's share of a batch commits in one transaction (with its records), so
+    a consumer keeps up with a busy producer; rows written by one transaction share its
+    xmin. 300 events of one aggregate (one partition) in one burst take a handful."""
+    user, payment, count = str(uuid.uuid4()), str(uuid.uuid4()), 300
+    events = [envelope(payment_message(user, amount=100 + i), aggregate_id=payment) for i in range(count)]
+    ids = [e.event_id for e in events]
+    placed = publish(profile, [(payment, e.SerializeToString()) for e in events])
+    assert len({p for p, _ in placed}) == 1
+    poll(lambda: committed_past(profile, PAYMENT_TOPIC, placed), 60, "the burst consumed")
+    assert set(processed(notifications_db, ids).values()) == {"PROCESSED"}
+    assert len(notifications_of(notifications_db, user)) == count
+    transactions = notifications_db.execute(
+        "SELECT count(DISTINCT xmin::text) FROM processed_events "
+        "WHERE consumer = %s AND event_id = ANY(%s::uuid[])",
+        (GROUP, ids),
+    ).fetchone()
+    assert transactions is not None and transactions[0] <= count // 10, transactions
+
+
 def test_the_consumer_lag_is_exported(profile) -> None:  # type: ignore[no-untyped-def]
     lines = poll(
         lambda: [
