@@ -21,7 +21,7 @@ from interpay.fraud.v1 import fraud_service_pb2 as fraud_pb
 from interpay.fraud.v1.fraud_service_pb2_grpc import FraudServiceStub
 
 from tests.e2e.test_slice_http import fund, open_wallet
-from tests.helpers import http_details
+from tests.helpers import http_details, poll
 
 PAID = "DE89370400440532013000"
 REJECTED = "DE62370400440532013001"
@@ -274,3 +274,30 @@ def test_a_late_rail_answer_ends_terminal_and_consistent(
     # A retry of the create call now answers with the outcome.
     again = gateway.post("/v1/payouts", json=body)
     assert again.status_code == (200 if outcome == "STATE_COMPLETED" else 400), again.text
+
+
+@pytest.mark.parametrize(
+    ("iban", "template", "words"),
+    [
+        (PAID, "payout_completed", "40.00 EUR was paid out to the account ending 3000."),
+        (REJECTED, "payout_failed", "(AC04)"),
+    ],
+)
+def test_the_wallet_owner_is_told_how_a_payout_ended(
+    gateway: httpx.Client, iban: str, template: str, words: str
+) -> None:
+    owner = str(uuid.uuid4())
+    source: str = open_wallet(gateway, owner)["walletId"]
+    fund(gateway, source, 10_000)
+    body = payout_body(source, iban, 4_000)
+    gateway.post("/v1/payouts", json=body)
+    assert settled_payout(gateway, body["payoutId"])["state"] in ("STATE_COMPLETED", "STATE_FAILED")
+
+    def told() -> list[dict[str, Any]]:
+        listed = gateway.get(f"/v1/users/{owner}/notifications")
+        assert listed.status_code == 200, listed.text
+        return [n for n in listed.json().get("notifications", []) if n["template"].startswith("payout_")]
+
+    notes = poll(told, 60, "the payout's notification")
+    assert [n["template"] for n in notes] == [template]
+    assert words in notes[0]["body"] and "DE89" not in notes[0]["body"] and "DE62" not in notes[0]["body"]

@@ -414,3 +414,76 @@ def test_a_refund_event_read_before_its_payment_waits_for_it_and_is_told_once(  
         [captured.event_id, *(e.event_id for e in early), late.event_id]
     )
     assert waiting_refunds(notifications_db, payment.payment_id) == []
+
+
+PAYOUT_TOPIC, WALLET_TOPIC = topic_for("payout"), topic_for("wallet")
+
+
+def test_a_payout_event_read_before_its_wallet_waits_for_it_and_is_told_once(  # type: ignore[no-untyped-def]
+    profile, notifications_db
+) -> None:
+    """A payout event names its wallet; the owner is learnt from the wallet's creation, on
+    another topic: the payout's outcome waits for it, then is told to the owner, once; a
+    wallet no user owns is told nothing."""
+    from interpay.transfers.v1 import transfers_service_pb2 as transfers_pb
+
+    def payout_envelope(wallet_id: str, what: str) -> EventEnvelope:
+        payout = transfers_pb.Payout(
+            payout_id=str(uuid.uuid4()),
+            source_wallet_id=wallet_id,
+            destination=transfers_pb.ExternalAccount(
+                holder_name="Ada", iban="DE****************3000", country_code="DE"
+            ),
+            amount=Money(amount_minor=2_500, currency="EUR"),
+            failure_reason="AC04" if what == "PayoutFailed" else "",
+        )
+        event = envelope(payout, f"interpay.transfers.v1.{what}", aggregate_id=payout.payout_id)
+        event.aggregate_type, event.aggregate_version = "payout", 3
+        return event
+
+    def created(wallet_id: str, owner_type: Any, owner: str) -> EventEnvelope:
+        wallet = wallet_pb.Wallet(wallet_id=wallet_id, owner_type=owner_type, owner_id=owner, currency="EUR")
+        event = envelope(wallet, "interpay.wallet.v1.WalletCreated", aggregate_id=wallet_id)
+        event.aggregate_type, event.aggregate_version = "wallet", 1
+        return event
+
+    def waiting(wallet_id: str) -> int:
+        row = notifications_db.execute(
+            "SELECT count(*) FROM pending_payout_events WHERE wallet_id = %s", (wallet_id,)
+        ).fetchone()
+        return int(row[0])
+
+    user, mine, shop = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    early = [payout_envelope(mine, "PayoutCompleted"), payout_envelope(shop, "PayoutFailed")]
+    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in early], PAYOUT_TOPIC)
+    poll(lambda: committed_past(profile, PAYOUT_TOPIC, placed), 60, "the early payout events consumed")
+    assert waiting(mine) == 1 and waiting(shop) == 1
+    assert notifications_of(notifications_db, user) == []
+
+    wallets = [
+        created(mine, wallet_pb.OWNER_TYPE_USER, user),
+        created(shop, wallet_pb.OWNER_TYPE_MERCHANT, shop),
+    ]
+    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in wallets], WALLET_TOPIC)
+    poll(lambda: committed_past(profile, WALLET_TOPIC, placed), 60, "the wallets' creation consumed")
+    rows = notifications_of(notifications_db, user)
+    assert [(str(r[0]), r[1]) for r in rows] == [(early[0].event_id, "payout_completed")]
+    assert "25.00 EUR was paid out to the account ending 3000." == rows[0][3]
+    assert waiting(mine) == 0 and waiting(shop) == 0
+    assert notifications_of(notifications_db, shop) == []
+
+    # Read after the wallet: told at once; redelivered: nothing more.
+    late = payout_envelope(mine, "PayoutFailed")
+    placed = publish(
+        profile,
+        [
+            (late.aggregate_id, late.SerializeToString()),
+            (early[0].aggregate_id, early[0].SerializeToString()),
+        ],
+        PAYOUT_TOPIC,
+    )
+    poll(lambda: committed_past(profile, PAYOUT_TOPIC, placed), 60, "the late payout events consumed")
+    rows = notifications_of(notifications_db, user)
+    assert sorted((str(r[0]), r[1]) for r in rows) == sorted(
+        [(early[0].event_id, "payout_completed"), (late.event_id, "payout_failed")]
+    )

@@ -101,3 +101,29 @@ def test_a_refund_is_told_to_its_payer_when_it_succeeds_or_fails_only() -> None:
     payment = payments_pb.Payment(refunded_amount=refund.amount, captured_amount=refund.amount)
     assert for_payment("interpay.payments.v1.PaymentPartiallyRefunded", payment) is None
     assert for_payment("interpay.payments.v1.PaymentRefunded", payment) is None
+
+
+def test_a_payout_is_told_when_it_completes_or_fails_with_the_account_ending_only() -> None:
+    from interpay.transfers.v1 import transfers_service_pb2 as transfers_pb
+
+    from services.notifications.domain.templates import for_payout
+
+    iban = transfers_pb.ExternalAccount(holder_name="Ada", iban="DE****************3000", country_code="DE")
+    payout = transfers_pb.Payout(destination=iban, amount=Money(amount_minor=4_000, currency="EUR"))
+    done = for_payout("interpay.transfers.v1.PayoutCompleted", payout)
+    assert done is not None and done.template == "payout_completed"
+    assert done.body == "40.00 EUR was paid out to the account ending 3000."
+    domestic = transfers_pb.ExternalAccount(
+        holder_name="Ada",
+        domestic_account=transfers_pb.DomesticAccount(
+            account_number="******7788", routing_number="021000021"
+        ),
+        country_code="US",
+    )
+    payout.destination.CopyFrom(domestic)
+    payout.failure_reason = "AC04"
+    failed = for_payout("interpay.transfers.v1.PayoutFailed", payout)
+    assert failed is not None and failed.template == "payout_failed"
+    assert "ending 7788 failed (AC04)" in failed.body and "stays in your wallet" in failed.body
+    for quiet in ("PayoutCreated", "PayoutProcessing"):
+        assert for_payout(f"interpay.transfers.v1.{quiet}", payout) is None

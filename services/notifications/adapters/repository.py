@@ -21,6 +21,7 @@ _ATTEMPT = "delivery_id, attempt_number, attempted_at, response_status_code, dur
 Row = dict[str, Any]
 # The first key of the two-key advisory locks taken on a payment (its id's hash the second).
 _PAYMENT_LOCK_SPACE = 0x4E0F
+_WALLET_LOCK_SPACE = 0x4E10
 
 
 class NotificationRepository:
@@ -49,7 +50,8 @@ class NotificationRepository:
             (uuid.uuid4(), user_id, channel, template, event_id, event_type, title, body, at, at, at),
         )
 
-    async def set_wallet_owner(self, wallet_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    async def set_wallet_owner(self, wallet_id: uuid.UUID, user_id: uuid.UUID | None) -> None:
+        """Remembers a wallet's creation: its owner, or None when no user owns it."""
         await self.conn.execute(
             "INSERT INTO wallet_owners (wallet_id, user_id) VALUES (%s, %s) "
             "ON CONFLICT (wallet_id) DO NOTHING",
@@ -57,9 +59,36 @@ class NotificationRepository:
         )
 
     async def wallet_owner(self, wallet_id: uuid.UUID) -> uuid.UUID | None:
+        """The user who owns the wallet; None if no user does or its creation is unknown."""
+        known, owner = await self.known_wallet(wallet_id)
+        return owner if known else None
+
+    async def known_wallet(self, wallet_id: uuid.UUID) -> tuple[bool, uuid.UUID | None]:
+        """(whether the wallet's creation has been consumed, its user owner if any)."""
         cur = await self.conn.execute("SELECT user_id FROM wallet_owners WHERE wallet_id = %s", (wallet_id,))
         row = await cur.fetchone()
-        return row["user_id"] if row else None
+        return (True, row["user_id"]) if row else (False, None)
+
+    async def lock_wallet(self, wallet_id: uuid.UUID) -> None:
+        """Serialises, until the transaction ends, learning a wallet's owner and a payout
+        event of the wallet finding it or waiting."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_WALLET_LOCK_SPACE, str(wallet_id))
+        )
+
+    async def hold_payout_event(self, event_id: uuid.UUID, wallet_id: uuid.UUID, envelope: bytes) -> None:
+        await self.conn.execute(
+            "INSERT INTO pending_payout_events (event_id, wallet_id, envelope) VALUES (%s, %s, %s)",
+            (event_id, wallet_id, envelope),
+        )
+
+    async def release_payout_events(self, wallet_id: uuid.UUID) -> list[bytes]:
+        """The payout events that waited for this wallet, in arrival order, no longer waiting."""
+        cur = await self.conn.execute(
+            "DELETE FROM pending_payout_events WHERE wallet_id = %s RETURNING position, envelope",
+            (wallet_id,),
+        )
+        return [bytes(r["envelope"]) for r in sorted(await cur.fetchall(), key=lambda r: r["position"])]
 
     # -- payments' parties, for refund events ----------------------------------------------
     async def lock_payment(self, payment_id: uuid.UUID) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from interpay.common.v1.money_pb2 import Money
 from interpay.payments.v1 import payments_service_pb2 as payments_pb
+from interpay.transfers.v1 import transfers_service_pb2 as transfers_pb
 from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
 
 # ISO-4217 minor-unit exponents that are not 2.
@@ -93,4 +94,29 @@ def for_wallet_entry(event_type: str, entry: wallet_pb.WalletTransaction) -> Ren
         return Rendered("transfer_received", "Money received", f"You received {amount}. Balance: {balance}.")
     if event_type.endswith(".FundsDebited"):
         return Rendered("transfer_sent", "Money sent", f"You sent {amount}. Balance: {balance}.")
+    return None
+
+
+def account_ending(account: transfers_pb.ExternalAccount) -> str:
+    """The last four characters of a payout's destination (its events carry it masked)."""
+    number = account.iban if account.HasField("iban") else account.domestic_account.account_number
+    return number[-4:]
+
+
+def for_payout(event_type: str, payout: transfers_pb.Payout) -> Rendered | None:
+    """The wallet owner's notification of a payout's outcome (created and processing say
+    nothing a user needs: the payout call itself answered them)."""
+    amount = amount_text(payout.amount)
+    ending = account_ending(payout.destination)
+    if event_type.endswith(".PayoutCompleted"):
+        return Rendered(
+            "payout_completed", "Payout sent", f"{amount} was paid out to the account ending {ending}."
+        )
+    if event_type.endswith(".PayoutFailed"):
+        return Rendered(
+            "payout_failed",
+            "Payout failed",
+            f"Your payout of {amount} to the account ending {ending} failed ({payout.failure_reason}). "
+            "The money stays in your wallet.",
+        )
     return None

@@ -6,8 +6,9 @@ notification and its deliveries exactly once. It only stores: webhooks are sent 
 `Deliveries.send_due` (service_layer/deliveries.py), from the stored schedule.
 
 Topics: `interpay.events.v1.payment` (payer notifications, merchant webhooks),
-`interpay.events.v1.refund` (the same, for refunds) and `interpay.events.v1.wallet`
-(transfer notifications to the wallets' owners).
+`interpay.events.v1.refund` (the same, for refunds), `interpay.events.v1.wallet`
+(transfer notifications to the wallets' owners) and `interpay.events.v1.payout` (a
+payout's outcome, to the owner of the wallet it came from).
 
 A refund event names its payment only; its payer and merchant are learnt from the
 payment's events (`payment_parties`). Kafka orders the events of one topic's partition,
@@ -15,7 +16,7 @@ not those of two topics, so a refund event may be read before any event of its p
 It then waits in `pending_refund_events` (recorded as processed: its effect is to wait)
 and is applied in the transaction that learns the payment, in arrival order. Waiting
 inside the consumer instead (a transient error, retried) would stall it: one consumer
-reads all three topics, so the payment event the refund waits for would never be read.
+reads all four topics, so the payment event the refund waits for would never be read.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from interpay.events.v1.envelope_pb2 import EventEnvelope
 from interpay.merchants.v1 import merchants_service_pb2 as merchants_pb
 from interpay.merchants.v1.merchants_service_pb2_grpc import MerchantsServiceStub
 from interpay.payments.v1 import payments_service_pb2 as payments_pb
+from interpay.transfers.v1 import transfers_service_pb2 as transfers_pb
 from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
 
 from services.framework.consumer import ReceivedEvent
@@ -39,7 +41,7 @@ from services.framework.outbox import topic_for
 from services.notifications.adapters.repository import NotificationRepository
 from services.notifications.domain import templates
 
-TOPICS = (topic_for("payment"), topic_for("refund"), topic_for("wallet"))
+TOPICS = (topic_for("payment"), topic_for("refund"), topic_for("wallet"), topic_for("payout"))
 
 
 class UnexpectedPayload(ValueError):
@@ -105,6 +107,9 @@ class EventHandler:
         if envelope.aggregate_type == "refund":
             await self._refund(repo, envelope, event_id, now)
             return
+        if envelope.aggregate_type == "payout":
+            await self._payout(repo, envelope, now)
+            return
         if envelope.aggregate_type != "payment":
             return  # nothing to say about it
         payment: payments_pb.Payment = unpack(envelope, payments_pb.Payment)
@@ -165,8 +170,13 @@ class EventHandler:
         what = envelope.event_type.rsplit(".", 1)[-1]
         if what == "WalletCreated":
             wallet: wallet_pb.Wallet = unpack(envelope, wallet_pb.Wallet)
-            if wallet.owner_type == wallet_pb.OWNER_TYPE_USER:
-                await repo.set_wallet_owner(uuid.UUID(wallet.wallet_id), uuid.UUID(wallet.owner_id))
+            wallet_id = uuid.UUID(wallet.wallet_id)
+            owner = uuid.UUID(wallet.owner_id) if wallet.owner_type == wallet_pb.OWNER_TYPE_USER else None
+            await repo.lock_wallet(wallet_id)
+            await repo.set_wallet_owner(wallet_id, owner)
+            for raw in await repo.release_payout_events(wallet_id):
+                waited = EventEnvelope.FromString(raw)
+                await self._tell_payout(repo, waited, owner, now)
             return
         if what not in ("FundsCredited", "FundsDebited"):
             return
@@ -175,6 +185,30 @@ class EventHandler:
         owner = await repo.wallet_owner(uuid.UUID(entry.wallet_id)) if rendered else None
         if owner is not None:
             await notify(repo, owner, rendered, envelope, now)
+
+    async def _payout(self, repo: NotificationRepository, envelope: EventEnvelope, now: datetime) -> None:
+        """A payout's outcome, told to the owner of the wallet it came from (no one, if no
+        user owns it). The owner is learnt from the wallet's WalletCreated, on another topic:
+        until that is read, the payout's event waits (`pending_payout_events`)."""
+        payout: transfers_pb.Payout = unpack(envelope, transfers_pb.Payout)
+        if templates.for_payout(envelope.event_type, payout) is None:
+            return
+        wallet_id = uuid.UUID(payout.source_wallet_id)
+        await repo.lock_wallet(wallet_id)
+        known, owner = await repo.known_wallet(wallet_id)
+        if not known:
+            event_id, raw = uuid.UUID(envelope.event_id), envelope.SerializeToString()
+            await repo.hold_payout_event(event_id, wallet_id, raw)
+            return
+        await self._tell_payout(repo, envelope, owner, now)
+
+    @staticmethod
+    async def _tell_payout(
+        repo: NotificationRepository, envelope: EventEnvelope, owner: uuid.UUID | None, now: datetime
+    ) -> None:
+        if owner is not None:
+            payout: transfers_pb.Payout = unpack(envelope, transfers_pb.Payout)
+            await notify(repo, owner, templates.for_payout(envelope.event_type, payout), envelope, now)
 
     async def _deliveries(
         self,
