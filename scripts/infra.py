@@ -189,7 +189,9 @@ class Kafka:
         self.properties.write_text(self.server_properties())
         if (self.log_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: "-..." reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [*self.jvm(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)],
             check=True,
