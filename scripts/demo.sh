@@ -113,6 +113,14 @@ say "15. Ben pays EUR 20.00 out to his bank: hold, payout rail, capture to payou
 code=$(curl -s -o /tmp/interpay-demo.json -w '%{http_code}' -X POST "$gw/v1/payouts" -H "$op" -d "{\"payoutId\":\"$(uuid)\",\"sourceWalletId\":\"$wb\",\"destination\":{\"holderName\":\"Ben Example\",\"iban\":\"DE89370400440532013000\",\"countryCode\":\"DE\"},\"amount\":{\"amountMinor\":\"2000\",\"currency\":\"EUR\"}}")
 echo "   HTTP $code: payout $(json "d['payout']['payoutId'] + ' ' + d['payout']['state']" < /tmp/interpay-demo.json)"
 echo "   Ben's balance now: $(curl -sf -H "authorization: Bearer $ben_token" "$gw/v1/wallets/$wb" | json "d['wallet']['balance']['amountMinor'] + ' ' + d['wallet']['balance']['currency']")"
+told=""
+for _ in $(seq 1 20); do  # the notification follows the payout's event through Kafka
+  told=$(curl -sf -H "$op" "$gw/v1/users/$ben/notifications" \
+    | json "next((n['title'] + ': ' + n['body'] for n in d.get('notifications', []) if n['template'].startswith('payout_')), '')" || true)
+  [ -n "$told" ] && break
+  sleep 0.5
+done
+echo "   Ben is told: ${told:-nothing yet (the notifications service is behind)}"
 
 say "16. The ledger still balances: every wallet's entries sum to its balance"
 curl -sf -X POST "$gw/v1/ledger:reconcile" -H "$op" -d '{}' | json "'   %s wallets, %s ledger transactions checked; mismatches: %s' % (d['walletsChecked'], d['transactionsChecked'], len(d.get('mismatchedWalletIds', [])) + len(d.get('unbalancedTransactionIds', [])))"
