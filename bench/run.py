@@ -1,6 +1,6 @@
 """`make bench`: one run, one PostgreSQL (the bench profile's), every number in one file.
 
-    python -m bench.run [--quick] [--inflight 16,32,64] [--pgbench-clients 8,16] ...
+    python -m bench.run [--quick] [--inflight 32,128,256] [--pgbench-clients 8,16] ...
     python -m bench.run --profile work --phases pgbench,uniform,hot
 
 Expects the bench mesh (or --profile's) to be up (scripts/bench.sh starts and stops it).
@@ -543,7 +543,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--pgbench-clients", type=ints, default=[8, 16])
     p.add_argument("--pgbench-seconds", type=int, default=20)
     p.add_argument("--scale", type=int, default=10)
-    p.add_argument("--inflight", type=ints, default=[16, 32, 64])
+    p.add_argument("--inflight", type=ints, default=[32, 128, 256])  # up to saturation
     p.add_argument("--hot-inflight", type=ints, default=None, help="defaults to --inflight")
     p.add_argument("--seconds", type=int, default=20, help="measured seconds of each transfer run")
     p.add_argument("--warmup", type=float, default=3.0)
