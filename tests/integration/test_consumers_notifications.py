@@ -234,7 +234,7 @@ def test_poison_events_go_to_the_dead_letter_topic_and_the_consumer_carries_on( 
 def test_a_consumer_killed_mid_batch_applies_each_event_exactly_once(  # type: ignore[no-untyped-def]
     profile, notifications_db, channel
 ) -> None:
-    user, count = str(uuid.uuid4()), 400
+    user, count = str(uuid.uuid4()), 1_000  # enough that the batches cannot finish before the kill
     events = [envelope(payment_message(user, amount=100 + i)) for i in range(count)]
     ids = [e.event_id for e in events]
     conf = str(ROOT / ".data" / profile.name / "supervisord.conf")
