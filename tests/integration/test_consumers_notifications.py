@@ -129,6 +129,15 @@ def committed_past(profile: Profile, topic: str, placed: list[tuple[int, int]]) 
     return all(committed[p] > offset for p, offset in placed)
 
 
+def publish_consumed(
+    profile: Profile, events: list[EventEnvelope], topic: str, what: str = "the events consumed"
+) -> None:
+    """Publishes the envelopes, each keyed by its aggregate as a relay would, and waits until
+    the notifications group has committed past all of them."""
+    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in events], topic)
+    poll(lambda: committed_past(profile, topic, placed), 60, what)
+
+
 def read_topic(
     profile: Profile, topic: str, stop: Callable[[list[Any]], bool], timeout: float = 60
 ) -> list[Any]:
@@ -378,8 +387,7 @@ def test_a_refund_event_read_before_its_payment_waits_for_it_and_is_told_once(  
     user = str(uuid.uuid4())
     payment = payment_message(user)
     early = [refund_envelope(payment, "RefundSucceeded", 300), refund_envelope(payment, "RefundFailed", 200)]
-    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in early], REFUND_TOPIC)
-    poll(lambda: committed_past(profile, REFUND_TOPIC, placed), 60, "the early refund events consumed")
+    publish_consumed(profile, early, REFUND_TOPIC, "the early refund events consumed")
     # (Two refunds are two keys, maybe two partitions: in either order.)
     assert sorted(waiting_refunds(notifications_db, payment.payment_id)) == sorted(e.event_id for e in early)
     assert notifications_of(notifications_db, user) == []
@@ -400,15 +408,7 @@ def test_a_refund_event_read_before_its_payment_waits_for_it_and_is_told_once(  
 
     # A refund event read after the payment is told at once; a redelivered one changes nothing.
     late = refund_envelope(payment, "RefundSucceeded", 100)
-    placed = publish(
-        profile,
-        [
-            (late.aggregate_id, late.SerializeToString()),
-            (early[0].aggregate_id, early[0].SerializeToString()),
-        ],
-        REFUND_TOPIC,
-    )
-    poll(lambda: committed_past(profile, REFUND_TOPIC, placed), 60, "the late refund events consumed")
+    publish_consumed(profile, [late, early[0]], REFUND_TOPIC, "the late refund events consumed")
     rows = notifications_of(notifications_db, user)
     assert sorted(str(r[0]) for r in rows) == sorted(
         [captured.event_id, *(e.event_id for e in early), late.event_id]
@@ -455,8 +455,7 @@ def test_a_payout_event_read_before_its_wallet_waits_for_it_and_is_told_once(  #
 
     user, mine, shop = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     early = [payout_envelope(mine, "PayoutCompleted"), payout_envelope(shop, "PayoutFailed")]
-    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in early], PAYOUT_TOPIC)
-    poll(lambda: committed_past(profile, PAYOUT_TOPIC, placed), 60, "the early payout events consumed")
+    publish_consumed(profile, early, PAYOUT_TOPIC, "the early payout events consumed")
     assert waiting(mine) == 1 and waiting(shop) == 1
     assert notifications_of(notifications_db, user) == []
 
@@ -464,8 +463,7 @@ def test_a_payout_event_read_before_its_wallet_waits_for_it_and_is_told_once(  #
         created(mine, wallet_pb.OWNER_TYPE_USER, user),
         created(shop, wallet_pb.OWNER_TYPE_MERCHANT, shop),
     ]
-    placed = publish(profile, [(e.aggregate_id, e.SerializeToString()) for e in wallets], WALLET_TOPIC)
-    poll(lambda: committed_past(profile, WALLET_TOPIC, placed), 60, "the wallets' creation consumed")
+    publish_consumed(profile, wallets, WALLET_TOPIC, "the wallets' creation consumed")
     rows = notifications_of(notifications_db, user)
     assert [(str(r[0]), r[1]) for r in rows] == [(early[0].event_id, "payout_completed")]
     assert "25.00 EUR was paid out to the account ending 3000." == rows[0][3]
@@ -474,15 +472,7 @@ def test_a_payout_event_read_before_its_wallet_waits_for_it_and_is_told_once(  #
 
     # Read after the wallet: told at once; redelivered: nothing more.
     late = payout_envelope(mine, "PayoutFailed")
-    placed = publish(
-        profile,
-        [
-            (late.aggregate_id, late.SerializeToString()),
-            (early[0].aggregate_id, early[0].SerializeToString()),
-        ],
-        PAYOUT_TOPIC,
-    )
-    poll(lambda: committed_past(profile, PAYOUT_TOPIC, placed), 60, "the late payout events consumed")
+    publish_consumed(profile, [late, early[0]], PAYOUT_TOPIC, "the late payout events consumed")
     rows = notifications_of(notifications_db, user)
     assert sorted((str(r[0]), r[1]) for r in rows) == sorted(
         [(early[0].event_id, "payout_completed"), (late.event_id, "payout_failed")]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from interpay.events.v1.envelope_pb2 import EventEnvelope
 from psycopg import AsyncConnection
 
 _NOTIFICATION = (
@@ -19,9 +21,20 @@ _DELIVERY = (
 _ATTEMPT = "delivery_id, attempt_number, attempted_at, response_status_code, duration_ms, error, manual"
 
 Row = dict[str, Any]
-# The first key of the two-key advisory locks taken on a payment (its id's hash the second).
-_PAYMENT_LOCK_SPACE = 0x4E0F
-_WALLET_LOCK_SPACE = 0x4E10
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Events that name a party learnt from another topic's events, and wait for it."""
+
+    table: str  # (position, event_id, <key>, envelope), in arrival order
+    key: str
+    lock_space: int  # the first key of the two-key advisory lock on one party (its hash the second)
+
+
+# Refund events wait for their payment's parties, payout events for their wallet's owner.
+REFUND = Waiting("pending_refund_events", "payment_id", 0x4E0F)
+PAYOUT = Waiting("pending_payout_events", "wallet_id", 0x4E10)
 
 
 class NotificationRepository:
@@ -69,35 +82,31 @@ class NotificationRepository:
         row = await cur.fetchone()
         return (True, row["user_id"]) if row else (False, None)
 
-    async def lock_wallet(self, wallet_id: uuid.UUID) -> None:
-        """Serialises, until the transaction ends, learning a wallet's owner and a payout
-        event of the wallet finding it or waiting."""
+    # -- events waiting for a party (refunds for their payment, payouts for their wallet) ---
+    async def lock_party(self, waiting: Waiting, key: uuid.UUID) -> None:
+        """Serialises, until the transaction ends, everything done about one party: learning
+        it, and an event that names it finding it or waiting for it."""
         await self.conn.execute(
-            "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_WALLET_LOCK_SPACE, str(wallet_id))
+            "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (waiting.lock_space, str(key))
         )
 
-    async def hold_payout_event(self, event_id: uuid.UUID, wallet_id: uuid.UUID, envelope: bytes) -> None:
+    async def hold_event(
+        self, waiting: Waiting, event_id: uuid.UUID, key: uuid.UUID, envelope: bytes
+    ) -> None:
         await self.conn.execute(
-            "INSERT INTO pending_payout_events (event_id, wallet_id, envelope) VALUES (%s, %s, %s)",
-            (event_id, wallet_id, envelope),
+            f"INSERT INTO {waiting.table} (event_id, {waiting.key}, envelope) VALUES (%s, %s, %s)",
+            (event_id, key, envelope),
         )
 
-    async def release_payout_events(self, wallet_id: uuid.UUID) -> list[bytes]:
-        """The payout events that waited for this wallet, in arrival order, no longer waiting."""
+    async def release_events(self, waiting: Waiting, key: uuid.UUID) -> list[EventEnvelope]:
+        """The events that waited for this party, in arrival order, no longer waiting."""
         cur = await self.conn.execute(
-            "DELETE FROM pending_payout_events WHERE wallet_id = %s RETURNING position, envelope",
-            (wallet_id,),
+            f"DELETE FROM {waiting.table} WHERE {waiting.key} = %s RETURNING position, envelope", (key,)
         )
-        return [bytes(r["envelope"]) for r in sorted(await cur.fetchall(), key=lambda r: r["position"])]
+        rows = sorted(await cur.fetchall(), key=lambda r: r["position"])
+        return [EventEnvelope.FromString(bytes(r["envelope"])) for r in rows]
 
     # -- payments' parties, for refund events ----------------------------------------------
-    async def lock_payment(self, payment_id: uuid.UUID) -> None:
-        """Serialises, until the transaction ends, everything done about one payment's
-        parties: learning them, and a refund event of the payment finding them or waiting."""
-        await self.conn.execute(
-            "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_PAYMENT_LOCK_SPACE, str(payment_id))
-        )
-
     async def learn_payment(
         self, payment_id: uuid.UUID, merchant_id: uuid.UUID, payer_user_id: uuid.UUID | None, label: str
     ) -> bool:
@@ -115,20 +124,6 @@ class NotificationRepository:
             (payment_id,),
         )
         return await cur.fetchone()
-
-    async def hold_refund_event(self, event_id: uuid.UUID, payment_id: uuid.UUID, envelope: bytes) -> None:
-        await self.conn.execute(
-            "INSERT INTO pending_refund_events (event_id, payment_id, envelope) VALUES (%s, %s, %s)",
-            (event_id, payment_id, envelope),
-        )
-
-    async def release_refund_events(self, payment_id: uuid.UUID) -> list[bytes]:
-        """The refund events that waited for this payment, in arrival order, no longer waiting."""
-        cur = await self.conn.execute(
-            "DELETE FROM pending_refund_events WHERE payment_id = %s RETURNING position, envelope",
-            (payment_id,),
-        )
-        return [bytes(r["envelope"]) for r in sorted(await cur.fetchall(), key=lambda r: r["position"])]
 
     async def get_notification(self, notification_id: uuid.UUID) -> Row | None:
         cur = await self.conn.execute(

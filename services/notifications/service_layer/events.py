@@ -38,7 +38,7 @@ from interpay.wallet.v1 import wallet_service_pb2 as wallet_pb
 
 from services.framework.consumer import ReceivedEvent
 from services.framework.outbox import topic_for
-from services.notifications.adapters.repository import NotificationRepository
+from services.notifications.adapters.repository import PAYOUT, REFUND, NotificationRepository
 from services.notifications.domain import templates
 
 TOPICS = (topic_for("payment"), topic_for("refund"), topic_for("wallet"), topic_for("payout"))
@@ -126,13 +126,12 @@ class EventHandler:
         """Remembers the payment's payer and merchant (the first of its events does), and
         applies the refund events that were waiting for them."""
         payment_id = uuid.UUID(payment.payment_id)
-        await repo.lock_payment(payment_id)
+        await repo.lock_party(REFUND, payment_id)
         payer = uuid.UUID(payment.payer_user_id) if payment.payer_user_id else None
         label = templates.payment_label(payment)
         if not await repo.learn_payment(payment_id, uuid.UUID(payment.merchant_id), payer, label):
             return
-        for raw in await repo.release_refund_events(payment_id):
-            waited = EventEnvelope.FromString(raw)
+        for waited in await repo.release_events(REFUND, payment_id):
             refund: payments_pb.Refund = unpack(waited, payments_pb.Refund)
             parties = {"merchant_id": payment.merchant_id, "payer_user_id": payer, "label": label}
             await self._apply_refund(repo, waited, refund, parties, now)
@@ -142,10 +141,10 @@ class EventHandler:
     ) -> None:
         refund: payments_pb.Refund = unpack(envelope, payments_pb.Refund)
         payment_id = uuid.UUID(refund.payment_id)
-        await repo.lock_payment(payment_id)
+        await repo.lock_party(REFUND, payment_id)
         parties = await repo.payment_parties(payment_id)
         if parties is None:
-            await repo.hold_refund_event(event_id, payment_id, envelope.SerializeToString())
+            await repo.hold_event(REFUND, event_id, payment_id, envelope.SerializeToString())
             return
         await self._apply_refund(repo, envelope, refund, parties, now)
 
@@ -172,11 +171,12 @@ class EventHandler:
             wallet: wallet_pb.Wallet = unpack(envelope, wallet_pb.Wallet)
             wallet_id = uuid.UUID(wallet.wallet_id)
             owner = uuid.UUID(wallet.owner_id) if wallet.owner_type == wallet_pb.OWNER_TYPE_USER else None
-            await repo.lock_wallet(wallet_id)
+            await repo.lock_party(PAYOUT, wallet_id)
             await repo.set_wallet_owner(wallet_id, owner)
-            for raw in await repo.release_payout_events(wallet_id):
-                waited = EventEnvelope.FromString(raw)
-                await self._tell_payout(repo, waited, owner, now)
+            for waited in await repo.release_events(PAYOUT, wallet_id):  # released even if no one to tell
+                if owner is not None:
+                    payout: transfers_pb.Payout = unpack(waited, transfers_pb.Payout)
+                    await notify(repo, owner, templates.for_payout(waited.event_type, payout), waited, now)
             return
         if what not in ("FundsCredited", "FundsDebited"):
             return
@@ -191,24 +191,17 @@ class EventHandler:
         user owns it). The owner is learnt from the wallet's WalletCreated, on another topic:
         until that is read, the payout's event waits (`pending_payout_events`)."""
         payout: transfers_pb.Payout = unpack(envelope, transfers_pb.Payout)
-        if templates.for_payout(envelope.event_type, payout) is None:
+        rendered = templates.for_payout(envelope.event_type, payout)
+        if rendered is None:
             return
         wallet_id = uuid.UUID(payout.source_wallet_id)
-        await repo.lock_wallet(wallet_id)
+        await repo.lock_party(PAYOUT, wallet_id)
         known, owner = await repo.known_wallet(wallet_id)
         if not known:
             event_id, raw = uuid.UUID(envelope.event_id), envelope.SerializeToString()
-            await repo.hold_payout_event(event_id, wallet_id, raw)
-            return
-        await self._tell_payout(repo, envelope, owner, now)
-
-    @staticmethod
-    async def _tell_payout(
-        repo: NotificationRepository, envelope: EventEnvelope, owner: uuid.UUID | None, now: datetime
-    ) -> None:
-        if owner is not None:
-            payout: transfers_pb.Payout = unpack(envelope, transfers_pb.Payout)
-            await notify(repo, owner, templates.for_payout(envelope.event_type, payout), envelope, now)
+            await repo.hold_event(PAYOUT, event_id, wallet_id, raw)
+        elif owner is not None:
+            await notify(repo, owner, rendered, envelope, now)
 
     async def _deliveries(
         self,
